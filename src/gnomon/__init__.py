@@ -1,0 +1,1 @@
+"""gnomon: secure network time (NTS, RFC 8915) for Python."""

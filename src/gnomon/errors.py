@@ -1,0 +1,74 @@
+"""The exceptions gnomon raises. Every failure a caller can meet is one of these."""
+
+from __future__ import annotations
+
+
+class GnomonError(Exception):
+    """Base class of every error gnomon raises on purpose."""
+
+
+class ProtocolError(GnomonError):
+    """Bytes from the network (or a file) do not follow the protocol."""
+
+
+class NtpFormatError(ProtocolError):
+    """An NTP packet or extension field is malformed (RFC 5905, RFC 7822)."""
+
+
+class KeProtocolError(ProtocolError):
+    """An NTS-KE message is malformed or breaks a rule of RFC 8915 section 4."""
+
+
+class KeServerError(GnomonError):
+    """The NTS-KE server answered with an Error record (RFC 8915 section 4.1.3)."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        self.code = code
+        names = {0: "unrecognized critical record", 1: "bad request", 2: "internal server error"}
+        super().__init__(
+            message or f"NTS-KE server sent error {code} ({names.get(code, 'unknown')})"
+        )
+
+
+class NegotiationError(GnomonError):
+    """Client and server share no protocol or AEAD algorithm."""
+
+
+class AuthenticationError(ProtocolError):
+    """A packet's NTS authenticator (or a cookie) does not verify."""
+
+
+class NtsNakError(GnomonError):
+    """The server answered with an NTS NAK (kiss code NTSN, RFC 8915 section 5.7)."""
+
+
+class KissOfDeathError(GnomonError):
+    """The server answered with a kiss-o'-death packet (RFC 5905 section 7.4)."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        super().__init__(f"server sent kiss-o'-death {code!r}")
+
+
+class ResponseMismatchError(ProtocolError):
+    """A response does not belong to the outstanding request (unique id or origin)."""
+
+
+class NoCookiesError(GnomonError):
+    """The session has no cookie left and needs a new NTS-KE exchange."""
+
+
+class TlsError(GnomonError):
+    """The TLS connection to the NTS-KE server failed."""
+
+
+class CertificateError(TlsError):
+    """The server's certificate is not trusted for the name asked for."""
+
+
+class QueryTimeoutError(GnomonError, TimeoutError):
+    """A network step did not finish within its time limit."""
+
+
+class ConfigError(GnomonError):
+    """A configuration file or option is invalid."""

@@ -1,0 +1,123 @@
+"""AEAD algorithms by IANA id, and NTS key derivation (RFC 8915 section 5.1)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
+
+from ..errors import AuthenticationError
+
+AES_SIV_CMAC_256 = 15
+AES_SIV_CMAC_384 = 16
+AES_SIV_CMAC_512 = 17
+AES_128_GCM_SIV = 30
+
+NEXT_PROTOCOL_NTPV4 = 0
+EXPORTER_LABEL = b"EXPORTER-network-time-security"
+_CONTEXT = struct.Struct("!HHB")
+C2S = 0
+S2C = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AeadAlgorithm:
+    id: int
+    name: str
+    key_length: int
+    nonce_length: int  # the nonce this implementation sends
+    max_nonce_length: int  # the longest nonce the algorithm takes (N_MAX)
+
+
+ALGORITHMS: dict[int, AeadAlgorithm] = {
+    a.id: a
+    for a in (
+        AeadAlgorithm(AES_SIV_CMAC_256, "AEAD_AES_SIV_CMAC_256", 32, 16, 1 << 16),
+        AeadAlgorithm(AES_SIV_CMAC_384, "AEAD_AES_SIV_CMAC_384", 48, 16, 1 << 16),
+        AeadAlgorithm(AES_SIV_CMAC_512, "AEAD_AES_SIV_CMAC_512", 64, 16, 1 << 16),
+        AeadAlgorithm(AES_128_GCM_SIV, "AEAD_AES_128_GCM_SIV", 16, 12, 12),
+    )
+}
+TAG_LENGTH = 16  # both families append or prepend a 16-byte tag
+
+
+def algorithm(aead_id: int) -> AeadAlgorithm:
+    try:
+        return ALGORITHMS[aead_id]
+    except KeyError:
+        raise ValueError(f"unsupported AEAD algorithm {aead_id}") from None
+
+
+def aead_name(aead_id: int) -> str:
+    known = ALGORITHMS.get(aead_id)
+    return known.name if known else f"AEAD {aead_id}"
+
+
+class Aead:
+    """One key of one algorithm, with a uniform encrypt/decrypt signature.
+
+    Building the underlying cipher costs more than one encryption, so keep an
+    ``Aead`` for as long as its key lives.
+    """
+
+    __slots__ = ("algorithm", "decrypt", "encrypt")
+
+    encrypt: Callable[[bytes, bytes, bytes], bytes]
+    decrypt: Callable[[bytes, bytes, bytes], bytes]
+
+    def __init__(self, aead_id: int, key: bytes) -> None:
+        self.algorithm = algorithm(aead_id)
+        if len(key) != self.algorithm.key_length:
+            expected = self.algorithm.key_length
+            raise ValueError(f"{self.algorithm.name} takes a {expected}-byte key, not {len(key)}")
+        if aead_id == AES_128_GCM_SIV:
+            gcm = AESGCMSIV(key)
+
+            def encrypt(nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+                return gcm.encrypt(nonce, plaintext, associated)
+
+            def decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+                try:
+                    return gcm.decrypt(nonce, ciphertext, associated)
+                except InvalidTag:
+                    raise AuthenticationError("authenticator does not verify") from None
+        else:
+            siv = AESSIV(key)
+
+            # RFC 5297 / RFC 8915 5.6: the nonce is the last associated-data component.
+            def encrypt(nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+                return siv.encrypt(plaintext, [associated, nonce])
+
+            def decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+                try:
+                    return siv.decrypt(ciphertext, [associated, nonce])
+                except InvalidTag:
+                    raise AuthenticationError("authenticator does not verify") from None
+
+        self.encrypt = encrypt
+        self.decrypt = decrypt
+
+
+Exporter = Callable[[bytes, int, bytes], bytes]
+"""``exporter(label, length, context)``: the TLS exporter of the NTS-KE connection."""
+
+
+def exporter_context(aead_id: int, direction: int, *, compliant: bool = True) -> bytes:
+    """The exporter context for one direction (RFC 8915 section 5.1).
+
+    chrony before record 1024 put AEAD 15 in the context when it negotiated
+    AES-128-GCM-SIV; ``compliant=False`` reproduces that for interoperability.
+    """
+    context_id = aead_id if compliant or aead_id != AES_128_GCM_SIV else AES_SIV_CMAC_256
+    return _CONTEXT.pack(NEXT_PROTOCOL_NTPV4, context_id, direction)
+
+
+def derive_keys(exporter: Exporter, aead_id: int, *, compliant: bool = True) -> tuple[bytes, bytes]:
+    """(client-to-server key, server-to-client key) from the TLS exporter."""
+    length = algorithm(aead_id).key_length
+    c2s = exporter(EXPORTER_LABEL, length, exporter_context(aead_id, C2S, compliant=compliant))
+    s2c = exporter(EXPORTER_LABEL, length, exporter_context(aead_id, S2C, compliant=compliant))
+    return c2s, s2c

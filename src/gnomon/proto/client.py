@@ -1,0 +1,255 @@
+"""The NTS client's state machines, without I/O.
+
+``KeExchange`` turns an NTS-KE conversation into a :class:`~.ke.KeResponse`;
+``Association`` holds the keys and cookie jar that come out of it, builds
+NTP requests and validates the responses. The I/O layer supplies the bytes,
+the TLS exporter and the local clock readings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..errors import (
+    AuthenticationError,
+    KissOfDeathError,
+    NoCookiesError,
+    NtpFormatError,
+    NtsNakError,
+    ResponseMismatchError,
+)
+from .aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, Aead, Exporter, derive_keys
+from .ke import (
+    MAX_COOKIE_LEN,
+    MAX_COOKIES,
+    MIN_COOKIE_LEN,
+    KeResponse,
+    RecordStream,
+    build_request,
+    parse_response,
+)
+from .ntp import (
+    MODE_CLIENT,
+    MODE_SERVER,
+    NtpHeader,
+    NtpPacket,
+    encode_extension_field,
+    ntp_to_unix_ns,
+    short_to_seconds,
+)
+from .nts import (
+    EF_NTS_COOKIE,
+    EF_NTS_COOKIE_PLACEHOLDER,
+    EF_UNIQUE_IDENTIFIER,
+    UNIQUE_ID_LEN,
+    encode_authenticator,
+    locate_nts_fields,
+    open_authenticator,
+    parse_encrypted_fields,
+)
+
+DEFAULT_AEADS: tuple[int, ...] = (AES_128_GCM_SIV, AES_SIV_CMAC_256)
+"""AES-128-GCM-SIV first: smaller cookies, so requests stay short (as chrony does)."""
+
+NTS_NAK = "NTSN"
+
+
+class KeExchange:
+    """One NTS-KE request and its response.
+
+    >>> exchange = KeExchange()
+    >>> request = exchange.request()            # send this in one TLS write
+    >>> response = exchange.receive_data(data)  # None until End of Message
+    """
+
+    def __init__(
+        self,
+        aeads: Sequence[int] = DEFAULT_AEADS,
+        *,
+        server: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.aeads = tuple(aeads)
+        self._request = build_request(self.aeads, server=server, port=port)
+        self._stream = RecordStream()
+
+    def request(self) -> bytes:
+        return self._request
+
+    def receive_data(self, data: bytes) -> KeResponse | None:
+        records = self._stream.feed(data)
+        return None if records is None else parse_response(records, self.aeads)
+
+    def connection_closed(self) -> None:
+        """The server closed the connection; an error unless the message was complete."""
+        if not self._stream.complete:
+            from ..errors import KeProtocolError
+
+            raise KeProtocolError("server closed the connection before End of Message")
+
+
+def keys_from_response(response: KeResponse, exporter: Exporter) -> tuple[bytes, bytes]:
+    """The (C2S, S2C) keys for a response, using the context the server expects.
+
+    For AES-128-GCM-SIV a server that did not echo record 1024 is taken to use
+    chrony's original context (AEAD 15 in place of 30).
+    """
+    compliant = response.aead != AES_128_GCM_SIV or response.compliant_gcm_siv
+    return derive_keys(exporter, response.aead, compliant=compliant)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """What is needed to match and check the response to one request."""
+
+    unique_id: bytes
+    transmit_ts: int  # the value sent as transmit timestamp, echoed as origin
+    placeholders: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One authenticated exchange, times in nanoseconds (offset: server - local)."""
+
+    offset_ns: int
+    delay_ns: int
+    leap: int
+    version: int
+    stratum: int
+    poll: int
+    precision: int
+    reference_id: bytes
+    root_delay: float
+    root_dispersion: float
+    receive_ns: int
+    transmit_ns: int
+    new_cookies: int
+
+
+def compute_offset_delay(t1: int, t2: int, t3: int, t4: int) -> tuple[int, int]:
+    """RFC 5905 section 8: offset = ((T2 - T1) + (T3 - T4)) / 2, delay = (T4 - T1) - (T3 - T2)."""
+    return ((t2 - t1) + (t3 - t4)) // 2, (t4 - t1) - (t3 - t2)
+
+
+class Association:
+    """Keys and cookies for one NTS server, and the NTP exchanges that use them.
+
+    Every request spends one cookie and asks, with placeholders, for enough
+    new ones to bring the jar back to eight. Cookies are taken only from the
+    encrypted part of an authenticated response.
+    """
+
+    def __init__(self, aead_id: int, c2s: bytes, s2c: bytes, cookies: Iterable[bytes]) -> None:
+        self.aead_id = aead_id
+        self.c2s = c2s
+        self.s2c = s2c
+        self._c2s = Aead(aead_id, c2s)
+        self._s2c = Aead(aead_id, s2c)
+        self._cookies: deque[bytes] = deque(maxlen=MAX_COOKIES)
+        self._cookies.extend(cookies)
+
+    @property
+    def cookies(self) -> tuple[bytes, ...]:
+        return tuple(self._cookies)
+
+    @property
+    def cookie_count(self) -> int:
+        return len(self._cookies)
+
+    def build_request(
+        self,
+        *,
+        unique_id: bytes | None = None,
+        nonce: bytes | None = None,
+        transmit_ts: int | None = None,
+    ) -> tuple[bytes, PendingRequest]:
+        """An authenticated NTP request and the state to check its response with.
+
+        The transmit timestamp is random by default: the client keeps its real
+        send time to itself (as RFC 9109's privacy advice suggests) and only
+        uses the echoed value to match the response.
+        """
+        if not self._cookies:
+            raise NoCookiesError("no cookie left; a new NTS-KE exchange is needed")
+        cookie = self._cookies.popleft()
+        placeholders = MAX_COOKIES - 1 - len(self._cookies)
+        unique_id = os.urandom(UNIQUE_ID_LEN) if unique_id is None else unique_id
+        transmit_ts = int.from_bytes(os.urandom(8)) if transmit_ts is None else transmit_ts
+        nonce = os.urandom(self._c2s.algorithm.nonce_length) if nonce is None else nonce
+        header = NtpHeader(mode=MODE_CLIENT, transmit_ts=transmit_ts).encode()
+        unauthenticated = b"".join(
+            [
+                header,
+                encode_extension_field(EF_UNIQUE_IDENTIFIER, unique_id),
+                encode_extension_field(EF_NTS_COOKIE, cookie),
+                *(
+                    encode_extension_field(EF_NTS_COOKIE_PLACEHOLDER, bytes(len(cookie)))
+                    for _ in range(placeholders)
+                ),
+            ]
+        )
+        packet = unauthenticated + encode_authenticator(self._c2s, nonce, unauthenticated)
+        return packet, PendingRequest(unique_id, transmit_ts, placeholders)
+
+    def process_response(
+        self, data: bytes, pending: PendingRequest, *, sent_ns: int, received_ns: int
+    ) -> Sample:
+        """Validate a response and return the sample it gives.
+
+        Raises ResponseMismatchError for a packet that is not the answer to
+        ``pending`` (keep waiting), NtsNakError for an NTS NAK (unauthenticated
+        by design: it costs only the cookie already spent), AuthenticationError
+        or NtpFormatError for a forged or broken answer, KissOfDeathError for
+        an authenticated kiss-o'-death.
+        """
+        packet = NtpPacket.decode(data)
+        header = packet.header
+        if header.mode != MODE_SERVER:
+            raise ResponseMismatchError(f"packet of mode {header.mode}, not a server response")
+        if header.origin_ts != pending.transmit_ts:
+            raise ResponseMismatchError("origin timestamp does not match the request")
+        fields = locate_nts_fields(packet.extensions, packet.offsets)
+        if fields.unique_id != pending.unique_id:
+            raise ResponseMismatchError("unique identifier does not match the request")
+        if fields.authenticator_offset is None or fields.authenticator_body is None:
+            if header.kiss_code == NTS_NAK:
+                raise NtsNakError("server sent an NTS NAK: it could not use the cookie")
+            raise AuthenticationError("response carries no NTS authenticator")
+        plaintext = open_authenticator(
+            self._s2c, data, fields.authenticator_offset, fields.authenticator_body
+        )
+        new_cookies = [
+            ef.body for ef in parse_encrypted_fields(plaintext) if ef.type == EF_NTS_COOKIE
+        ]
+        if header.kiss_code is not None:
+            raise KissOfDeathError(header.kiss_code)
+        if header.transmit_ts == 0 or header.receive_ts == 0:
+            raise NtpFormatError("server left a timestamp zero")
+        if not 1 <= header.version <= 4:
+            raise NtpFormatError(f"NTP version {header.version}")
+        accepted = 0
+        for cookie in new_cookies[: pending.placeholders + 1]:
+            if MIN_COOKIE_LEN <= len(cookie) <= MAX_COOKIE_LEN and len(self._cookies) < MAX_COOKIES:
+                self._cookies.append(cookie)
+                accepted += 1
+        t2 = ntp_to_unix_ns(header.receive_ts, sent_ns)
+        t3 = ntp_to_unix_ns(header.transmit_ts, sent_ns)
+        offset, delay = compute_offset_delay(sent_ns, t2, t3, received_ns)
+        return Sample(
+            offset_ns=offset,
+            delay_ns=delay,
+            leap=header.leap,
+            version=header.version,
+            stratum=header.stratum,
+            poll=header.poll,
+            precision=header.precision,
+            reference_id=header.reference_id,
+            root_delay=short_to_seconds(header.root_delay),
+            root_dispersion=short_to_seconds(header.root_dispersion),
+            receive_ns=t2,
+            transmit_ns=t3,
+            new_cookies=accepted,
+        )

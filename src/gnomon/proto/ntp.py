@@ -1,0 +1,213 @@
+"""NTPv4 packets (RFC 5905) and extension fields (RFC 7822).
+
+Timestamps stay in their wire form (64-bit integers) inside packets; the
+functions here convert them to and from Unix nanoseconds, resolving the
+32-bit era against a pivot time the caller supplies.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..errors import NtpFormatError
+from .wire import Reader
+
+HEADER = struct.Struct("!BBbbII4sQQQQ")
+HEADER_LEN = HEADER.size  # 48
+EF_HEADER = struct.Struct("!HH")
+MIN_EF_LEN = 16  # RFC 7822 section 3: an NTPv4 extension field is at least 16 bytes
+MAX_PACKET_LEN = 2048  # nothing legitimate comes near this
+
+NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
+_ERA = 1 << 32
+_NS = 1_000_000_000
+
+# Modes (RFC 5905 figure 10)
+MODE_CLIENT = 3
+MODE_SERVER = 4
+
+LEAP_NONE = 0
+LEAP_UNSYNCHRONIZED = 3
+
+
+def unix_ns_to_ntp(unix_ns: int) -> int:
+    """Unix time in nanoseconds to a 64-bit NTP timestamp (era dropped)."""
+    seconds, ns = divmod(unix_ns, _NS)
+    fraction = (ns << 32) // _NS
+    return (((seconds + NTP_UNIX_OFFSET) % _ERA) << 32) | fraction
+
+
+def ntp_to_unix_ns(timestamp: int, pivot_unix_ns: int) -> int:
+    """A 64-bit NTP timestamp to Unix nanoseconds, in the era nearest the pivot.
+
+    The 32-bit seconds field wraps every 136 years (first in 2036); choosing
+    the era that puts the result within 68 years of a known-good time (for a
+    client, its own clock when it sent the request) is RFC 5905's rule.
+    """
+    seconds = timestamp >> 32
+    fraction = timestamp & 0xFFFFFFFF
+    pivot = pivot_unix_ns // _NS + NTP_UNIX_OFFSET
+    era = (pivot - seconds + (1 << 31)) >> 32
+    full_seconds = seconds + era * _ERA - NTP_UNIX_OFFSET
+    return full_seconds * _NS + ((fraction * _NS + (1 << 31)) >> 32)
+
+
+def short_to_seconds(value: int) -> float:
+    """An NTP short format value (unsigned 16.16 fixed point) in seconds."""
+    return value / 65536.0
+
+
+def seconds_to_short(seconds: float) -> int:
+    return max(0, min(0xFFFFFFFF, round(seconds * 65536.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class NtpHeader:
+    """The 48-byte NTP header. Timestamps and short values in wire form."""
+
+    leap: int = LEAP_NONE
+    version: int = 4
+    mode: int = MODE_CLIENT
+    stratum: int = 0
+    poll: int = 0
+    precision: int = 0
+    root_delay: int = 0
+    root_dispersion: int = 0
+    reference_id: bytes = b"\x00\x00\x00\x00"
+    reference_ts: int = 0
+    origin_ts: int = 0
+    receive_ts: int = 0
+    transmit_ts: int = 0
+
+    def encode(self) -> bytes:
+        return HEADER.pack(
+            (self.leap << 6) | (self.version << 3) | self.mode,
+            self.stratum,
+            self.poll,
+            self.precision,
+            self.root_delay,
+            self.root_dispersion,
+            self.reference_id,
+            self.reference_ts,
+            self.origin_ts,
+            self.receive_ts,
+            self.transmit_ts,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> NtpHeader:
+        if len(data) < HEADER_LEN:
+            raise NtpFormatError(f"NTP packet of {len(data)} bytes is shorter than its header")
+        (
+            lvm,
+            stratum,
+            poll,
+            precision,
+            root_delay,
+            root_dispersion,
+            ref_id,
+            reference_ts,
+            origin_ts,
+            receive_ts,
+            transmit_ts,
+        ) = HEADER.unpack_from(data)
+        return cls(
+            leap=lvm >> 6,
+            version=(lvm >> 3) & 7,
+            mode=lvm & 7,
+            stratum=stratum,
+            poll=poll,
+            precision=precision,
+            root_delay=root_delay,
+            root_dispersion=root_dispersion,
+            reference_id=ref_id,
+            reference_ts=reference_ts,
+            origin_ts=origin_ts,
+            receive_ts=receive_ts,
+            transmit_ts=transmit_ts,
+        )
+
+    @property
+    def kiss_code(self) -> str | None:
+        """The kiss-o'-death code of a stratum-0 server packet, else None."""
+        if self.stratum != 0 or self.mode != MODE_SERVER:
+            return None
+        return self.reference_id.rstrip(b"\x00").decode("ascii", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionField:
+    """One extension field. ``body`` is everything after the 4-byte header,
+    padding included when parsed; :meth:`encode` pads it as RFC 7822 asks."""
+
+    type: int
+    body: bytes
+
+    def encode(self, min_length: int = MIN_EF_LEN) -> bytes:
+        length = max(min_length, 4 + len(self.body))
+        length = (length + 3) & ~3
+        return EF_HEADER.pack(self.type, length) + self.body + bytes(length - 4 - len(self.body))
+
+
+def encode_extension_field(ef_type: int, body: bytes) -> bytes:
+    return ExtensionField(ef_type, body).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class NtpPacket:
+    """A whole NTP packet: header, extension fields, and a legacy MAC if any.
+
+    ``offsets[i]`` is where extension field ``i`` starts in the packet (the
+    NTS authenticator covers the bytes before it).
+    """
+
+    header: NtpHeader
+    extensions: tuple[ExtensionField, ...] = ()
+    mac: bytes | None = None
+    offsets: tuple[int, ...] = field(default=(), compare=False)
+
+    def encode(self) -> bytes:
+        return build_packet(self.header, (ef.encode() for ef in self.extensions), self.mac)
+
+    @classmethod
+    def decode(cls, data: bytes) -> NtpPacket:
+        if len(data) > MAX_PACKET_LEN:
+            raise NtpFormatError(f"NTP packet of {len(data)} bytes is too long")
+        header = NtpHeader.decode(data)
+        extensions, offsets, mac = parse_extension_fields(data, HEADER_LEN)
+        return cls(header, extensions, mac, offsets)
+
+
+def build_packet(
+    header: NtpHeader, encoded_fields: Iterable[bytes], mac: bytes | None = None
+) -> bytes:
+    return header.encode() + b"".join(encoded_fields) + (mac or b"")
+
+
+def parse_extension_fields(
+    data: bytes, start: int
+) -> tuple[tuple[ExtensionField, ...], tuple[int, ...], bytes | None]:
+    """Extension fields from ``start`` to the end, and a trailing legacy MAC.
+
+    A 20- or 24-byte tail that does not parse as an extension field is a MAC
+    (RFC 7822 section 7.5); anything else malformed raises NtpFormatError.
+    """
+    fields: list[ExtensionField] = []
+    offsets: list[int] = []
+    reader = Reader(data, start, error=NtpFormatError)
+    while not reader.at_end():
+        remaining = reader.remaining()
+        position = reader.position
+        if remaining >= 4:
+            ef_type, length = EF_HEADER.unpack_from(data, position)
+            if MIN_EF_LEN <= length <= remaining and length % 4 == 0:
+                reader.take(4)
+                fields.append(ExtensionField(ef_type, reader.take(length - 4)))
+                offsets.append(position)
+                continue
+        if remaining in (20, 24):
+            return tuple(fields), tuple(offsets), reader.rest()
+        raise NtpFormatError(f"malformed extension field at byte {position}")
+    return tuple(fields), tuple(offsets), None

@@ -1,0 +1,202 @@
+"""TLS 1.3 for NTS-KE through pyOpenSSL, driven over memory BIOs.
+
+:class:`TlsEngine` holds an OpenSSL connection that never touches a socket:
+the caller moves bytes between it and the network. The same engine serves
+the blocking client, the asyncio client and the server. CPython's ``ssl``
+module cannot be used: NTS needs the TLS exporter (RFC 5705/8446), which it
+does not expose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import ssl
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509 import DNSName, IPAddress
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from OpenSSL import SSL
+
+from .errors import CertificateError, TlsError
+
+ALPN_NTSKE = b"ntske/1"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class TrustStore:
+    """Trust anchors for verifying NTS-KE servers, loaded once and reused."""
+
+    def __init__(self, certificates: list[x509.Certificate], source: str) -> None:
+        if not certificates:
+            raise CertificateError(f"no CA certificate found in {source}")
+        self.source = source
+        self._store = Store(certificates)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrustStore:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise CertificateError(f"cannot read CA file {path}: {exc.strerror}") from None
+        try:
+            certificates = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise CertificateError(f"CA file {path} holds no valid PEM certificate") from None
+        return cls(certificates, str(path))
+
+    _system: TrustStore | None = None
+    _system_lock = threading.Lock()
+
+    @classmethod
+    def system(cls) -> TrustStore:
+        """The operating system's CA bundle (cached for the process)."""
+        with cls._system_lock:
+            if cls._system is None:
+                paths = ssl.get_default_verify_paths()
+                candidates = [
+                    paths.cafile,
+                    paths.openssl_cafile,
+                    "/etc/ssl/certs/ca-certificates.crt",
+                ]
+                for candidate in candidates:
+                    if candidate and Path(candidate).is_file():
+                        cls._system = cls.from_file(candidate)
+                        break
+                else:
+                    raise CertificateError("no system CA bundle found; pass a CA file")
+            return cls._system
+
+    def verify(self, chain: list[x509.Certificate], host: str, now: datetime | None = None) -> None:
+        """Check that ``chain`` (leaf first) is valid for ``host`` right now."""
+        if not chain:
+            raise CertificateError(f"{host} sent no certificate")
+        subject = IPAddress(ipaddress.ip_address(host)) if _is_ip(host) else DNSName(host)
+        builder = PolicyBuilder().store(self._store).time(now or datetime.now(UTC))
+        try:
+            builder.build_server_verifier(subject).verify(chain[0], chain[1:])
+        except VerificationError as exc:
+            raise CertificateError(f"certificate of {host} not trusted: {exc}") from None
+
+
+def client_context() -> SSL.Context:
+    """A TLS 1.3-only client context offering ALPN ``ntske/1``.
+
+    Certificates are checked by :class:`TrustStore` once the handshake is
+    done (chain, validity and host name in one strict verifier), so OpenSSL
+    itself is asked to verify nothing.
+    """
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.set_alpn_protos([ALPN_NTSKE])
+    context.set_verify(SSL.VERIFY_NONE)
+    return context
+
+
+class TlsEngine:
+    """One TLS connection over memory BIOs.
+
+    Feed what arrives from the peer with :meth:`receive`, send what
+    :meth:`outgoing` returns. ``handshake()`` reports when the handshake is
+    complete; ``read()`` then returns decrypted application data.
+    """
+
+    def __init__(self, context: SSL.Context, *, server_side: bool, server_name: str | None = None):
+        self.conn = SSL.Connection(context, None)
+        if server_side:
+            self.conn.set_accept_state()
+        else:
+            if server_name and not _is_ip(server_name):
+                self.conn.set_tlsext_host_name(server_name.encode("idna"))
+            self.conn.set_connect_state()
+        self.closed = False
+
+    def receive(self, data: bytes) -> None:
+        if data:
+            self.conn.bio_write(data)
+
+    def outgoing(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self.conn.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once it is complete."""
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise TlsError(f"TLS handshake failed: {_describe(exc)}") from None
+        return True
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.conn.sendall(data)
+        except SSL.Error as exc:
+            raise TlsError(f"TLS write failed: {_describe(exc)}") from None
+
+    def read(self) -> bytes:
+        """All application data decrypted so far (b"" if none; sets ``closed``)."""
+        chunks = []
+        while True:
+            try:
+                chunk = self.conn.recv(65536)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.closed = True
+                break
+            except SSL.Error as exc:
+                raise TlsError(f"TLS read failed: {_describe(exc)}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Queue a close_notify alert."""
+        with contextlib.suppress(SSL.Error):
+            self.conn.shutdown()
+
+    @property
+    def alpn(self) -> bytes | None:
+        protocol = self.conn.get_alpn_proto_negotiated()
+        return protocol or None
+
+    @property
+    def version(self) -> str:
+        return str(self.conn.get_protocol_version_name())
+
+    def peer_chain(self) -> list[x509.Certificate]:
+        return list(self.conn.get_peer_cert_chain(as_cryptography=True) or [])
+
+    def export(self, label: bytes, length: int, context: bytes) -> bytes:
+        return bytes(self.conn.export_keying_material(label, length, context))
+
+
+def _describe(exc: SSL.Error) -> str:
+    parts: list[str] = []
+    for arg in exc.args:
+        if isinstance(arg, list):
+            parts.extend(str(item[-1]) for item in arg if isinstance(item, tuple) and item)
+        else:
+            parts.append(str(arg))
+    return "; ".join(p for p in parts if p) or exc.__class__.__name__
