@@ -1,1 +1,49 @@
-"""gnomon: secure network time (NTS, RFC 8915) for Python."""
+"""gnomon: secure network time (NTS, RFC 8915) for Python.
+
+>>> import gnomon
+>>> result = gnomon.query("time.cloudflare.com")
+>>> print(result.offset, result.authenticated)
+"""
+
+from .errors import (
+    AuthenticationError,
+    CertificateError,
+    ConfigError,
+    GnomonError,
+    KeProtocolError,
+    KeServerError,
+    KissOfDeathError,
+    NegotiationError,
+    NoCookiesError,
+    NtpFormatError,
+    NtsNakError,
+    ProtocolError,
+    QueryTimeoutError,
+    ResponseMismatchError,
+    TlsError,
+)
+from .session import Result, Session, aquery, query
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "CertificateError",
+    "ConfigError",
+    "GnomonError",
+    "KeProtocolError",
+    "KeServerError",
+    "KissOfDeathError",
+    "NegotiationError",
+    "NoCookiesError",
+    "NtpFormatError",
+    "NtsNakError",
+    "ProtocolError",
+    "QueryTimeoutError",
+    "ResponseMismatchError",
+    "Result",
+    "Session",
+    "TlsError",
+    "aquery",
+    "query",
+]

@@ -232,6 +232,8 @@ def parse_response(records: Sequence[Record], offered_aeads: Sequence[int]) -> K
             protocols = _parse_u16_list(record.body, "Next Protocol")
         elif kind == RecordType.AEAD_ALGORITHM:
             chosen = _parse_u16_list(record.body, "AEAD Algorithm")
+            if not chosen:
+                raise NegotiationError("server supports none of the offered AEAD algorithms")
             if len(chosen) != 1:
                 raise KeProtocolError(f"server chose {len(chosen)} AEAD algorithms, not one")
             aead = chosen[0]

@@ -1,0 +1,206 @@
+"""NTS-KE client: TLS 1.3 with ALPN ``ntske/1``, blocking and asyncio.
+
+:class:`KeConnection` joins the TLS engine and the sans-I/O
+:class:`~gnomon.proto.client.KeExchange`; :func:`ke_exchange` and
+:func:`ake_exchange` only move its bytes over a socket under a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from OpenSSL import SSL
+
+from .errors import GnomonError, KeProtocolError, QueryTimeoutError, TlsError
+from .proto.client import DEFAULT_AEADS, KeExchange, keys_from_response
+from .proto.ke import KeResponse
+from .tls import ALPN_NTSKE, TlsEngine, TrustStore, client_context
+
+NTS_KE_PORT = 4460
+NTP_PORT = 123
+
+_CONTEXT: SSL.Context | None = None
+
+
+def _client_context() -> SSL.Context:
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = client_context()
+    return _CONTEXT
+
+
+@dataclass(frozen=True, slots=True)
+class KeResult:
+    """Keys and cookies from one NTS-KE exchange, and where to send NTP."""
+
+    response: KeResponse
+    c2s: bytes
+    s2c: bytes
+    ntp_host: str
+    ntp_port: int
+
+
+class KeConnection:
+    """The client side of one NTS-KE connection, without a socket.
+
+    Send :meth:`data_to_send` to the server and pass what comes back to
+    :meth:`receive_data`, which returns the :class:`KeResult` once the whole
+    response has arrived and been checked.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        trust: TrustStore,
+        *,
+        aeads: Sequence[int] = DEFAULT_AEADS,
+        ntp_server: str | None = None,
+        ntp_port: int | None = None,
+    ) -> None:
+        self.host = host
+        self._trust = trust
+        self._tls = TlsEngine(_client_context(), server_side=False, server_name=host)
+        self._exchange = KeExchange(aeads, server=ntp_server, port=ntp_port)
+        self._handshake_done = False
+        self._result: KeResult | None = None
+        self._tls.handshake()
+
+    def data_to_send(self) -> bytes:
+        return self._tls.outgoing()
+
+    def receive_data(self, data: bytes) -> KeResult | None:
+        if self._result is not None:
+            return self._result
+        self._tls.receive(data)
+        if not self._handshake_done:
+            if not self._tls.handshake():
+                return None
+            self._after_handshake()
+        response = self._exchange.receive_data(self._tls.read())
+        if response is None:
+            if self._tls.closed:
+                self._exchange.connection_closed()
+            return None
+        c2s, s2c = keys_from_response(response, self._tls.export)
+        self._result = KeResult(
+            response,
+            c2s,
+            s2c,
+            ntp_host=response.server or self.host,
+            ntp_port=response.port or NTP_PORT,
+        )
+        self._tls.close()
+        return self._result
+
+    def connection_closed(self) -> None:
+        """The server closed TCP; raises unless the response was complete."""
+        if self._result is None:
+            if not self._handshake_done:
+                raise TlsError(f"{self.host} closed the connection during the TLS handshake")
+            raise KeProtocolError(f"{self.host} closed the connection before End of Message")
+
+    def _after_handshake(self) -> None:
+        self._handshake_done = True
+        if self._tls.version != "TLSv1.3":
+            raise TlsError(f"{self.host} negotiated {self._tls.version}, NTS-KE needs TLS 1.3")
+        if self._tls.alpn != ALPN_NTSKE:
+            raise TlsError(f"{self.host} did not agree to ALPN ntske/1")
+        self._trust.verify(self._tls.peer_chain(), self.host)
+        # RFC 8915 section 4: the whole request in one write (one TLS record).
+        self._tls.write(self._exchange.request())
+
+
+def _resolve_timeout(what: str, host: str, port: int, timeout: float) -> QueryTimeoutError:
+    return QueryTimeoutError(f"{what} with {host}:{port} timed out after {timeout:g} s")
+
+
+def ke_exchange(
+    host: str,
+    port: int = NTS_KE_PORT,
+    *,
+    trust: TrustStore,
+    timeout: float = 5.0,
+    aeads: Sequence[int] = DEFAULT_AEADS,
+    ntp_server: str | None = None,
+    ntp_port: int | None = None,
+) -> KeResult:
+    """Run NTS-KE with ``host`` over a blocking socket, all within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise _resolve_timeout("NTS-KE", host, port, timeout) from None
+    except OSError as exc:
+        raise GnomonError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    with sock:
+        connection = KeConnection(
+            host, trust, aeads=aeads, ntp_server=ntp_server, ntp_port=ntp_port
+        )
+        try:
+            sock.sendall(connection.data_to_send())
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                data = sock.recv(65536)
+                if not data:
+                    connection.connection_closed()
+                result = connection.receive_data(data)
+                outgoing = connection.data_to_send()
+                if outgoing:
+                    sock.sendall(outgoing)
+                if result is not None:
+                    return result
+        except TimeoutError:
+            raise _resolve_timeout("NTS-KE", host, port, timeout) from None
+        except OSError as exc:
+            raise GnomonError(f"NTS-KE with {host}:{port} failed: {exc.strerror or exc}") from None
+
+
+async def ake_exchange(
+    host: str,
+    port: int = NTS_KE_PORT,
+    *,
+    trust: TrustStore,
+    timeout: float = 5.0,
+    aeads: Sequence[int] = DEFAULT_AEADS,
+    ntp_server: str | None = None,
+    ntp_port: int | None = None,
+) -> KeResult:
+    """The asyncio twin of :func:`ke_exchange`."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError as exc:
+                raise GnomonError(
+                    f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+                ) from None
+            connection = KeConnection(
+                host, trust, aeads=aeads, ntp_server=ntp_server, ntp_port=ntp_port
+            )
+            writer.write(connection.data_to_send())
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    connection.connection_closed()
+                result = connection.receive_data(data)
+                outgoing = connection.data_to_send()
+                if outgoing:
+                    writer.write(outgoing)
+                    await writer.drain()
+                if result is not None:
+                    return result
+    except TimeoutError:
+        raise _resolve_timeout("NTS-KE", host, port, timeout) from None
+    except OSError as exc:
+        raise GnomonError(f"NTS-KE with {host}:{port} failed: {exc.strerror or exc}") from None
+    finally:
+        if writer is not None:
+            writer.close()

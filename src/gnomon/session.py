@@ -1,0 +1,400 @@
+"""Sessions: keys and cookies kept between queries, and the public query API.
+
+A :class:`Session` remembers, per NTS-KE server, the association that one
+NTS-KE exchange produced, so later queries go straight to NTP until the
+cookies run out or the server stops accepting them. It can persist that
+state to a file (mode 0600, atomic replace) so a restarted program does not
+hit the KE server again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import GnomonError, NoCookiesError, NtsNakError
+from .keclient import NTS_KE_PORT, KeResult, ake_exchange, ke_exchange
+from .ntpclient import Timing, antp_exchange, ntp_exchange
+from .proto.aead import aead_name
+from .proto.client import DEFAULT_AEADS, Association, Sample
+from .tls import TrustStore
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One authenticated NTP measurement against an NTS server."""
+
+    server: str  # the NTS-KE server asked, "host:port"
+    address: str  # the NTP server's IP address
+    port: int  # the NTP server's UDP port
+    offset: float  # seconds to add to the local clock to match the server
+    delay: float  # round-trip delay, seconds
+    stratum: int
+    leap: int
+    reference_id: str
+    root_delay: float
+    root_dispersion: float
+    precision: int
+    aead: int
+    cookies_left: int
+    key_exchange: bool  # this query needed a new NTS-KE exchange
+    server_time: float  # the server's time (Unix seconds) when the response arrived
+    authenticated: bool = True
+
+    @property
+    def aead_name(self) -> str:
+        return aead_name(self.aead)
+
+    @property
+    def synchronized(self) -> bool:
+        """False when the server says it does not know the time (leap 3 or stratum 16)."""
+        return self.leap != 3 and 1 <= self.stratum < 16
+
+    def as_dict(self) -> dict[str, object]:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["aead_name"] = self.aead_name
+        fields["synchronized"] = self.synchronized
+        return fields
+
+
+def format_reference_id(stratum: int, reference_id: bytes) -> str:
+    """As RFC 5905 section 7.3 reads it: ASCII at stratum 0-1, an address above."""
+    if stratum <= 1:
+        return reference_id.rstrip(b"\x00").decode("ascii", "replace")
+    return ".".join(str(b) for b in reference_id)
+
+
+def _result(
+    server: str,
+    ke_done: bool,
+    sample: Sample,
+    address: tuple[str, int],
+    association: Association,
+) -> Result:
+    return Result(
+        server=server,
+        address=address[0],
+        port=address[1],
+        offset=sample.offset_ns / 1e9,
+        delay=sample.delay_ns / 1e9,
+        stratum=sample.stratum,
+        leap=sample.leap,
+        reference_id=format_reference_id(sample.stratum, sample.reference_id),
+        root_delay=sample.root_delay,
+        root_dispersion=sample.root_dispersion,
+        precision=sample.precision,
+        aead=association.aead_id,
+        cookies_left=association.cookie_count,
+        key_exchange=ke_done,
+        server_time=(sample.transmit_ns + sample.delay_ns // 2) / 1e9,
+    )
+
+
+@dataclass
+class _ServerState:
+    association: Association
+    ntp_host: str
+    ntp_port: int
+
+
+def parse_server(spec: str, default_port: int = NTS_KE_PORT) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif spec.count(":") == 1:
+        host, port = spec.split(":")
+    else:
+        host, port = spec, ""
+    if not host:
+        raise GnomonError(f"no host in {spec!r}")
+    try:
+        number = int(port) if port else default_port
+    except ValueError:
+        raise GnomonError(f"bad port in {spec!r}") from None
+    if not 0 < number < 65536:
+        raise GnomonError(f"bad port in {spec!r}")
+    return host, number
+
+
+class Session:
+    """Keys and cookies for any number of NTS servers, reused across queries.
+
+    >>> session = Session(ca_file="ca.pem")
+    >>> session.query("time.example.net").offset   # NTS-KE, then NTP
+    >>> session.query("time.example.net").offset   # NTP only: a cookie is reused
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_file: str | Path | None = None,
+        aeads: Sequence[int] = DEFAULT_AEADS,
+        timeout: float = 5.0,
+        state_file: str | Path | None = None,
+        timing: Timing | None = None,
+    ) -> None:
+        self.aeads = tuple(aeads)
+        self.timeout = timeout
+        self.timing = timing or Timing(timeout=timeout)
+        self._trust = TrustStore.from_file(ca_file) if ca_file else None
+        self._servers: dict[str, _ServerState] = {}
+        self._lock = threading.Lock()
+        self.state_file = Path(state_file) if state_file else None
+        self.key_exchanges = 0
+        if self.state_file is not None:
+            self._load()
+
+    @property
+    def trust(self) -> TrustStore:
+        return self._trust or TrustStore.system()
+
+    def cookies_for(self, host: str, port: int = NTS_KE_PORT) -> int:
+        state = self._servers.get(f"{host}:{port}")
+        return state.association.cookie_count if state else 0
+
+    def forget(self, host: str, port: int = NTS_KE_PORT) -> None:
+        with self._lock:
+            self._servers.pop(f"{host}:{port}", None)
+        self._save()
+
+    # --- sync ---------------------------------------------------------------
+
+    def query(
+        self,
+        host: str,
+        port: int = NTS_KE_PORT,
+        *,
+        ntp_server: str | None = None,
+        ntp_port: int | None = None,
+    ) -> Result:
+        """Authenticated time from one NTS server (NTS-KE only when needed)."""
+        key = f"{host}:{port}"
+        state = self._usable(key)
+        for attempt in range(2):
+            ke_done = False
+            if state is None:
+                ke = ke_exchange(
+                    host,
+                    port,
+                    trust=self.trust,
+                    timeout=self.timeout,
+                    aeads=self.aeads,
+                    ntp_server=ntp_server,
+                    ntp_port=ntp_port,
+                )
+                state = self._store(key, ke)
+                ke_done = True
+            try:
+                sample, address = ntp_exchange(
+                    state.association, state.ntp_host, state.ntp_port, self.timing
+                )
+            except (NtsNakError, NoCookiesError):
+                if ke_done or attempt:
+                    raise
+                state = None  # RFC 8915 5.7: a new NTS-KE, old cookies dropped when it succeeds
+                continue
+            finally:
+                self._save()
+            return _result(key, ke_done, sample, address, state.association)
+        raise AssertionError("unreachable")
+
+    # --- asyncio ------------------------------------------------------------
+
+    async def aquery(
+        self,
+        host: str,
+        port: int = NTS_KE_PORT,
+        *,
+        ntp_server: str | None = None,
+        ntp_port: int | None = None,
+    ) -> Result:
+        """The asyncio twin of :meth:`query`."""
+        key = f"{host}:{port}"
+        state = self._usable(key)
+        for attempt in range(2):
+            ke_done = False
+            if state is None:
+                ke = await ake_exchange(
+                    host,
+                    port,
+                    trust=self.trust,
+                    timeout=self.timeout,
+                    aeads=self.aeads,
+                    ntp_server=ntp_server,
+                    ntp_port=ntp_port,
+                )
+                state = self._store(key, ke)
+                ke_done = True
+            try:
+                sample, address = await antp_exchange(
+                    state.association, state.ntp_host, state.ntp_port, self.timing
+                )
+            except (NtsNakError, NoCookiesError):
+                if ke_done or attempt:
+                    raise
+                state = None
+                continue
+            finally:
+                self._save()
+            return _result(key, ke_done, sample, address, state.association)
+        raise AssertionError("unreachable")
+
+    async def aquery_many(self, servers: Iterable[str]) -> list[Result | GnomonError]:
+        """Query several ``host[:port]`` servers at once; failures come back as errors."""
+
+        async def one(spec: str) -> Result | GnomonError:
+            try:
+                return await self.aquery(*parse_server(spec))
+            except GnomonError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(spec) for spec in servers)))
+
+    def query_many(self, servers: Iterable[str]) -> list[Result | GnomonError]:
+        """Blocking form of :meth:`aquery_many` (runs its own event loop)."""
+        return asyncio.run(self.aquery_many(list(servers)))
+
+    # --- state --------------------------------------------------------------
+
+    def _usable(self, key: str) -> _ServerState | None:
+        with self._lock:
+            state = self._servers.get(key)
+        return state if state is not None and state.association.cookie_count else None
+
+    def _store(self, key: str, ke: KeResult) -> _ServerState:
+        self.key_exchanges += 1
+        state = _ServerState(
+            Association(ke.response.aead, ke.c2s, ke.s2c, ke.response.cookies),
+            ke.ntp_host,
+            ke.ntp_port,
+        )
+        with self._lock:
+            self._servers[key] = state
+        return state
+
+    def _load(self) -> None:
+        assert self.state_file is not None
+        try:
+            document = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise GnomonError(f"cannot read session file {self.state_file}: {exc}") from None
+        if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
+            return  # an unknown format costs one NTS-KE, nothing more
+        try:
+            for key, entry in document["servers"].items():
+                association = Association(
+                    int(entry["aead"]),
+                    bytes.fromhex(entry["c2s"]),
+                    bytes.fromhex(entry["s2c"]),
+                    [bytes.fromhex(c) for c in entry["cookies"]],
+                )
+                self._servers[key] = _ServerState(
+                    association, str(entry["ntp_host"]), int(entry["ntp_port"])
+                )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GnomonError(f"session file {self.state_file} is corrupt: {exc!r}") from None
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        with self._lock:
+            servers = {
+                key: {
+                    "aead": s.association.aead_id,
+                    "c2s": s.association.c2s.hex(),
+                    "s2c": s.association.s2c.hex(),
+                    "cookies": [c.hex() for c in s.association.cookies],
+                    "ntp_host": s.ntp_host,
+                    "ntp_port": s.ntp_port,
+                }
+                for key, s in self._servers.items()
+            }
+        write_private_file(
+            self.state_file, json.dumps({"version": STATE_VERSION, "servers": servers})
+        )
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+_default_session: Session | None = None
+_default_lock = threading.Lock()
+
+
+def default_session() -> Session:
+    """The process-wide session behind :func:`query` and :func:`aquery`."""
+    global _default_session
+    with _default_lock:
+        if _default_session is None:
+            _default_session = Session()
+        return _default_session
+
+
+def _session_for(
+    ca_file: str | Path | None, timeout: float | None, aeads: Sequence[int] | None
+) -> Session:
+    if ca_file is None and timeout is None and aeads is None:
+        return default_session()
+    return Session(ca_file=ca_file, timeout=timeout or 5.0, aeads=aeads or DEFAULT_AEADS)
+
+
+def query(
+    host: str,
+    port: int = NTS_KE_PORT,
+    *,
+    ca_file: str | Path | None = None,
+    timeout: float | None = None,
+    aeads: Sequence[int] | None = None,
+    session: Session | None = None,
+) -> Result:
+    """Authenticated time from an NTS server, in one call.
+
+    >>> import gnomon
+    >>> result = gnomon.query("time.cloudflare.com")
+    >>> result.offset, result.delay, result.authenticated
+
+    Without ``session`` (and with default options) a process-wide session
+    keeps the cookies, so repeated calls skip NTS-KE.
+    """
+    session = session or _session_for(ca_file, timeout, aeads)
+    return session.query(host, port)
+
+
+async def aquery(
+    host: str,
+    port: int = NTS_KE_PORT,
+    *,
+    ca_file: str | Path | None = None,
+    timeout: float | None = None,
+    aeads: Sequence[int] | None = None,
+    session: Session | None = None,
+) -> Result:
+    """The asyncio form of :func:`query`."""
+    session = session or _session_for(ca_file, timeout, aeads)
+    return await session.aquery(host, port)
