@@ -1,0 +1,108 @@
+"""The server's TLS context, rebuilt when the certificate or key file changes.
+
+Operators renew certificates (ACME every 60-90 days) without restarting:
+new connections pick up the new files; connections under way keep the old
+context. A broken renewal keeps the previous context and logs why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from OpenSSL import SSL
+
+from ..errors import ConfigError
+from ..tls import ALPN_NTSKE
+
+log = logging.getLogger("gnomon.tls")
+
+
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    return ALPN_NTSKE if ALPN_NTSKE in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, datetime]:
+    """A TLS 1.3-only server context and the leaf's expiry; ConfigError on any problem."""
+    try:
+        chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read certificate file {cert_path}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"certificate file {cert_path} holds no valid PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {key_path}: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"key file {key_path} holds no valid unencrypted PEM private key"
+        ) from None
+    if not isinstance(
+        key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    ):
+        raise ConfigError(f"key file {key_path}: unsupported key type")
+    leaf = chain[0]
+    if leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) != key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
+        raise ConfigError(f"key file {key_path} does not match certificate {cert_path}")
+    expiry = leaf.not_valid_after_utc
+    if expiry <= datetime.now(UTC):
+        log.warning("certificate %s expired on %s", cert_path, expiry.isoformat())
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.use_certificate(leaf)
+    for extra in chain[1:]:
+        context.add_extra_chain_cert(extra)
+    context.use_privatekey(key)
+    context.check_privatekey()
+    context.set_alpn_select_callback(_select_alpn)
+    return context, expiry
+
+
+class CertificateSource:
+    """The current server context; files are checked at most once per ``interval``."""
+
+    def __init__(self, cert_path: str | Path, key_path: str | Path, interval: float = 1.0):
+        self.cert_path = Path(cert_path)
+        self.key_path = Path(key_path)
+        self.interval = interval
+        self._context, self.expiry = load_server_context(self.cert_path, self.key_path)
+        self._stamp = self._file_stamp()
+        self._checked = time.monotonic()
+        self.reloads = 0
+
+    def _file_stamp(self) -> tuple[float, ...]:
+        try:
+            return tuple(
+                value
+                for p in (self.cert_path, self.key_path)
+                for value in (p.stat().st_mtime, p.stat().st_size, p.stat().st_ino)
+            )
+        except OSError:
+            return ()
+
+    def context(self) -> SSL.Context:
+        now = time.monotonic()
+        if now - self._checked >= self.interval:
+            self._checked = now
+            stamp = self._file_stamp()
+            if stamp and stamp != self._stamp:
+                try:
+                    self._context, self.expiry = load_server_context(self.cert_path, self.key_path)
+                except ConfigError as exc:
+                    log.error("certificate not reloaded, keeping the previous one: %s", exc)
+                else:
+                    self.reloads += 1
+                    log.info("certificate reloaded from %s", self.cert_path)
+                self._stamp = stamp
+        return self._context

@@ -1,0 +1,112 @@
+"""``gnomon serve`` and ``gnomon check-config``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, GnomonError
+from .config import EXAMPLE, ServerConfig, load_config
+
+
+def add_server_commands(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run an NTS server (NTS-KE and NTP)")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve on loopback with a throwaway CA and certificate (no config needed)",
+    )
+    serve.add_argument("--ke-port", type=int, help="override the NTS-KE port")
+    serve.add_argument("--ntp-port", type=int, help="override the NTP port")
+    serve.add_argument(
+        "--ready-file", metavar="FILE", help="write bound ports as JSON here once serving"
+    )
+    serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    serve.set_defaults(handler=cmd_serve)
+
+    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file", nargs="?", help="the file (prints an example when omitted)")
+    check.set_defaults(handler=cmd_check_config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.file is None:
+        print(EXAMPLE, end="")
+        return 0
+    try:
+        config = load_config(args.file)
+        from .certificates import load_server_context
+
+        assert config.certificate is not None and config.key is not None
+        load_server_context(config.certificate, config.key)
+    except GnomonError as exc:
+        print(f"gnomon: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: OK")
+    return 0
+
+
+def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
+    from ..certs import make_demo_pki
+
+    pki = make_demo_pki(directory)
+    return ServerConfig(
+        listen=("127.0.0.1", "::1"),
+        ntp_port=args.ntp_port if args.ntp_port is not None else 11123,
+        ke_port=args.ke_port if args.ke_port is not None else 14460,
+        certificate=pki.cert_chain,
+        key=pki.key,
+        local_stratum=None,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    from .app import Server
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="gnomon-demo-") as scratch:
+            if args.demo:
+                config = _demo_config(args, Path(scratch))
+            elif args.config:
+                config = load_config(args.config)
+                if args.ke_port is not None:
+                    config = replace(config, ke_port=args.ke_port)
+                if args.ntp_port is not None:
+                    config = replace(config, ntp_port=args.ntp_port)
+            else:
+                raise ConfigError("give --config FILE, or --demo for a loopback demonstration")
+
+            def ready(server: Server) -> None:
+                info: dict[str, object] = {
+                    "ke_port": server.bound_ke_port,
+                    "ntp_port": server.bound_ntp_port,
+                }
+                if args.demo:
+                    ca = info["ca"] = str(Path(scratch) / "ca.pem")
+                    ke_port = server.bound_ke_port
+                    print(
+                        "gnomon demo server on 127.0.0.1 and ::1 "
+                        f"(NTS-KE port {ke_port}, NTP port {server.bound_ntp_port}).\n"
+                        f"Query it:  gnomon query --ca {ca} localhost:{ke_port}",
+                        flush=True,
+                    )
+                if args.ready_file:
+                    Path(args.ready_file).write_text(json.dumps(info))
+
+            asyncio.run(Server(config, ready=ready).run())
+    except (GnomonError, OSError) as exc:
+        print(f"gnomon: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,179 @@
+"""The server's configuration: one TOML file, checked completely at start.
+
+Every problem is reported as one line naming the key or file at fault.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..proto.aead import ALGORITHMS
+
+EXAMPLE = """\
+# gnomon server configuration
+[server]
+listen = ["0.0.0.0", "::"]   # addresses for NTP and NTS-KE
+ntp_port = 123
+ke_port = 4460
+require_nts = false          # true: plain NTP requests are dropped
+
+[tls]
+certificate = "/etc/gnomon/fullchain.pem"   # reloaded when it changes
+key = "/etc/gnomon/privkey.pem"
+
+[nts]
+aeads = [30, 15]             # server preference, among what the client offers
+# ntp_server = "ntp1.example.net"   # Server Negotiation record
+# ntp_port = 123                    # Port Negotiation record
+
+[keys]
+path = "/var/lib/gnomon/keys.json"   # cookie master keys, mode 0600
+rotation_period = 86400              # seconds
+keep_old = 7
+
+[time]
+# upstream = "127.0.0.1:123"   # where stratum and leap come from (e.g. local chronyd)
+# local_stratum = 10           # serve without an upstream: only if you mean it
+hold = 300                     # seconds without upstream before going unsynchronised
+
+[ke]
+timeout = 5.0
+max_connections = 256
+"""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: tuple[str, ...] = ("127.0.0.1",)
+    ntp_port: int = 123
+    ke_port: int = 4460
+    require_nts: bool = False
+    certificate: Path | None = None
+    key: Path | None = None
+    aeads: tuple[int, ...] = (30, 15)
+    advertised_server: str | None = None
+    advertised_port: int | None = None
+    key_path: Path | None = None
+    rotation_period: int = 86_400
+    keep_old: int = 7
+    upstream: str | None = None
+    local_stratum: int | None = None
+    hold: float = 300.0
+    ke_timeout: float = 5.0
+    ke_max_connections: int = 256
+
+
+_SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
+    "server": {
+        "listen": ("listen", list),
+        "ntp_port": ("ntp_port", int),
+        "ke_port": ("ke_port", int),
+        "require_nts": ("require_nts", bool),
+    },
+    "tls": {"certificate": ("certificate", str), "key": ("key", str)},
+    "nts": {
+        "aeads": ("aeads", list),
+        "ntp_server": ("advertised_server", str),
+        "ntp_port": ("advertised_port", int),
+    },
+    "keys": {
+        "path": ("key_path", str),
+        "rotation_period": ("rotation_period", int),
+        "keep_old": ("keep_old", int),
+    },
+    "time": {
+        "upstream": ("upstream", str),
+        "local_stratum": ("local_stratum", int),
+        "hold": ("hold", (int, float)),
+    },
+    "ke": {"timeout": ("ke_timeout", (int, float)), "max_connections": ("ke_max_connections", int)},
+}
+
+
+def _check_port(name: str, value: int, allow_zero: bool = False) -> None:
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise ConfigError(f"{name}: {value} is not a port number")
+
+
+def parse_config(text: str, source: str = "config") -> ServerConfig:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for section, body in document.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: {section} must be a table")
+        for key, value in body.items():
+            spec = _SCHEMA[section].get(key)
+            if spec is None:
+                raise ConfigError(f"{source}: unknown key {section}.{key}")
+            attribute, kind = spec
+            if isinstance(value, bool) and kind is not bool:
+                raise ConfigError(f"{source}: {section}.{key} has the wrong type")
+            if not isinstance(value, kind):
+                raise ConfigError(f"{source}: {section}.{key} has the wrong type")
+            values[attribute] = value
+    return validate(values, source)
+
+
+def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
+    if "listen" in values:
+        listen = values["listen"]
+        if not listen:
+            raise ConfigError(f"{source}: server.listen is empty")
+        for address in listen:
+            try:
+                ipaddress.ip_address(address)
+            except (ValueError, TypeError):
+                raise ConfigError(
+                    f"{source}: server.listen: {address!r} is not an IP address"
+                ) from None
+        values["listen"] = tuple(listen)
+    for name, attribute in (("server.ntp_port", "ntp_port"), ("server.ke_port", "ke_port")):
+        if attribute in values:
+            _check_port(f"{source}: {name}", values[attribute], allow_zero=True)
+    if "advertised_port" in values:
+        _check_port(f"{source}: nts.ntp_port", values["advertised_port"])
+    if "aeads" in values:
+        aeads = values["aeads"]
+        bad = [a for a in aeads if not isinstance(a, int) or a not in ALGORITHMS]
+        if not aeads or bad:
+            raise ConfigError(f"{source}: nts.aeads must list ids among {sorted(ALGORITHMS)}")
+        values["aeads"] = tuple(aeads)
+    for attribute in ("certificate", "key", "key_path"):
+        if attribute in values:
+            values[attribute] = Path(values[attribute])
+    if values.get("rotation_period", 1) < 60:
+        raise ConfigError(f"{source}: keys.rotation_period must be at least 60 seconds")
+    if not 0 <= values.get("keep_old", 7) <= 1000:
+        raise ConfigError(f"{source}: keys.keep_old must be between 0 and 1000")
+    stratum = values.get("local_stratum")
+    if stratum is not None and not 1 <= stratum <= 15:
+        raise ConfigError(f"{source}: time.local_stratum must be between 1 and 15")
+    if values.get("hold", 1) <= 0:
+        raise ConfigError(f"{source}: time.hold must be positive")
+    if values.get("ke_timeout", 1) <= 0:
+        raise ConfigError(f"{source}: ke.timeout must be positive")
+    if values.get("ke_max_connections", 1) < 1:
+        raise ConfigError(f"{source}: ke.max_connections must be at least 1")
+    config = ServerConfig(**values)
+    if config.certificate is None or config.key is None:
+        raise ConfigError(f"{source}: tls.certificate and tls.key are required")
+    return config
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,148 @@
+"""The NTS-KE service: TLS 1.3 over asyncio, one protocol object per connection.
+
+pyOpenSSL runs over memory BIOs (``TlsEngine``), so no thread is needed per
+connection. Every connection has one deadline for handshake and request;
+the number of connections is capped; the response goes out in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from ..errors import GnomonError, KeProtocolError
+from ..proto.ke import ErrorCode, RecordStream
+from ..proto.server import KeResponder
+from ..tls import ALPN_NTSKE, TlsEngine
+from .certificates import CertificateSource
+
+log = logging.getLogger("gnomon.ke")
+
+
+@dataclass
+class KeLimits:
+    timeout: float = 5.0  # handshake and request together
+    max_connections: int = 256
+    max_message: int = 16384
+
+
+class KeService:
+    def __init__(self, responder: KeResponder, certificates: CertificateSource, limits: KeLimits):
+        self.responder = responder
+        self.certificates = certificates
+        self.limits = limits
+        self.active = 0
+        self.rejected = 0
+        self.timeouts = 0
+        self.tls_failures = 0
+
+    def protocol(self) -> asyncio.Protocol:
+        return _KeConnection(self)
+
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(self.protocol, host, port, reuse_address=True)
+
+
+class _KeConnection(asyncio.Protocol):
+    def __init__(self, service: KeService) -> None:
+        self.service = service
+        self.transport: asyncio.Transport | None = None
+        self.engine: TlsEngine | None = None
+        self.stream = RecordStream(service.limits.max_message)
+        self.handshake_done = False
+        self.finished = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        service = self.service
+        if service.active >= service.limits.max_connections:
+            service.rejected += 1
+            transport.abort()
+            return
+        service.active += 1
+        self.counted = True
+        self.engine = TlsEngine(service.certificates.context(), server_side=True)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(service.limits.timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.service.timeouts += 1
+        self._close(abort=True)
+
+    def data_received(self, data: bytes) -> None:
+        if self.engine is None or self.finished:
+            return
+        try:
+            self._process(data)
+        except GnomonError as exc:
+            self.service.tls_failures += 1
+            log.debug("NTS-KE connection dropped: %s", exc)
+            self._close(abort=True)
+        except Exception:  # a bug must cost one connection, never the service
+            log.exception("NTS-KE connection failed")
+            self._close(abort=True)
+
+    def _process(self, data: bytes) -> None:
+        engine = self.engine
+        assert engine is not None
+        engine.receive(data)
+        if not self.handshake_done:
+            done = engine.handshake()
+            self._flush()
+            if not done:
+                return
+            self.handshake_done = True
+            if engine.alpn != ALPN_NTSKE:
+                raise KeProtocolError("client did not negotiate ALPN ntske/1")
+        payload = engine.read()
+        try:
+            records = self.stream.feed(payload)
+        except KeProtocolError:
+            self._respond(self.service.responder.error(ErrorCode.BAD_REQUEST))
+            return
+        if records is not None:
+            self._respond(self.service.responder.respond(records, engine.export))
+        elif engine.closed:
+            self._close(abort=False)
+
+    def _respond(self, response: bytes) -> None:
+        engine = self.engine
+        assert engine is not None
+        engine.write(response)
+        engine.close()
+        self._flush()
+        self._close(abort=False)
+
+    def _flush(self) -> None:
+        if self.engine is not None and self.transport is not None:
+            outgoing = self.engine.outgoing()
+            if outgoing:
+                self.transport.write(outgoing)
+
+    def _close(self, *, abort: bool) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        self._close(abort=False)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.counted:
+            self.service.active -= 1
+            self.counted = False

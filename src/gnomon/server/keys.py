@@ -1,0 +1,139 @@
+"""Cookie master keys: one per rotation period, kept in a store.
+
+A key's id is the number of its period (``unix time // period``), so every
+server computes the same schedule from the clock alone, a restart neither
+rotates early nor resets it, and a cookie's key id says how old it is. The
+ring holds the current key, the next one (published a period ahead so a
+fleet may lag) and ``keep_old`` previous ones, which still open cookies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import ConfigError
+from ..proto.cookie import MASTER_KEY_LEN, CookieCodec, CookieKey
+from ..session import write_private_file
+
+log = logging.getLogger("gnomon.keys")
+
+
+class KeyStore(Protocol):
+    """Where master keys live. Implementations must never hand out two
+    different secrets for one id."""
+
+    def get_or_create(self, ids: list[int]) -> dict[int, bytes]:
+        """The secrets for ``ids``, creating (and persisting) missing ones."""
+
+    def prune(self, oldest_kept: int) -> None:
+        """Forget keys with ids below ``oldest_kept``."""
+
+
+class MemoryKeyStore:
+    """Keys in memory only: cookies die with the process (tests, demos)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, bytes] = {}
+
+    def get_or_create(self, ids: list[int]) -> dict[int, bytes]:
+        for key_id in ids:
+            self.keys.setdefault(key_id, os.urandom(MASTER_KEY_LEN))
+        return {i: self.keys[i] for i in ids}
+
+    def prune(self, oldest_kept: int) -> None:
+        self.keys = {i: k for i, k in self.keys.items() if i >= oldest_kept}
+
+
+class FileKeyStore:
+    """Keys in a JSON file (mode 0600, replaced atomically) for one machine."""
+
+    VERSION = 1
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.keys = self._read()
+
+    def _read(self) -> dict[int, bytes]:
+        try:
+            document = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"key file {self.path} is unreadable: {exc}") from None
+        try:
+            if document["version"] != self.VERSION:
+                raise ValueError(f"version {document['version']}")
+            keys = {int(i): bytes.fromhex(k) for i, k in document["keys"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"key file {self.path} is corrupt: {exc}") from None
+        if any(len(k) != MASTER_KEY_LEN for k in keys.values()):
+            raise ConfigError(f"key file {self.path} holds a key of the wrong length")
+        return keys
+
+    def _write(self) -> None:
+        document = {
+            "version": self.VERSION,
+            "keys": {str(i): k.hex() for i, k in self.keys.items()},
+        }
+        write_private_file(self.path, json.dumps(document))
+
+    def get_or_create(self, ids: list[int]) -> dict[int, bytes]:
+        with self._lock:
+            missing = [i for i in ids if i not in self.keys]
+            if missing:
+                for key_id in missing:
+                    self.keys[key_id] = os.urandom(MASTER_KEY_LEN)
+                self._write()
+            return {i: self.keys[i] for i in ids}
+
+    def prune(self, oldest_kept: int) -> None:
+        with self._lock:
+            if any(i < oldest_kept for i in self.keys):
+                self.keys = {i: k for i, k in self.keys.items() if i >= oldest_kept}
+                self._write()
+
+
+@dataclass(frozen=True, slots=True)
+class RotationPolicy:
+    period: int = 86_400  # seconds; one new key a day
+    keep_old: int = 7  # previous keys still accepted
+
+    def period_of(self, unix_time: float) -> int:
+        return int(unix_time // self.period) % (1 << 32)
+
+
+class KeyRing:
+    """The keys in force now, as a :class:`CookieCodec`, refreshed per period."""
+
+    def __init__(self, store: KeyStore, policy: RotationPolicy = RotationPolicy()) -> None:
+        self.store = store
+        self.policy = policy
+        self._period: int | None = None
+        self._codec: CookieCodec | None = None
+
+    def codec(self, now: float) -> CookieCodec:
+        period = self.policy.period_of(now)
+        if self._codec is None or period != self._period:
+            self._codec = self._build(period)
+            self._period = period
+        return self._codec
+
+    @property
+    def current_id(self) -> int | None:
+        return self._period
+
+    def _build(self, period: int) -> CookieCodec:
+        oldest = max(0, period - self.policy.keep_old)
+        ids = list(range(oldest, period + 2))  # previous ones, current, next
+        secrets = self.store.get_or_create(ids)
+        self.store.prune(oldest)
+        log.info("cookie key %d in force (%d accepted)", period, len(ids))
+        accepted = [CookieKey(i, secrets[i]) for i in ids if i != period]
+        return CookieCodec(CookieKey(period, secrets[period]), accepted)
