@@ -1,8 +1,13 @@
-"""Runs a gnomon server: NTS-KE and NTP services, keys, upstream, reloads."""
+"""Runs a gnomon server process: NTS-KE and/or NTP services, keys, upstream.
+
+One :class:`Server` runs in one process with the roles it is given; the
+supervisor (``supervisor.py``) runs several of them on shared ports.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -21,11 +26,23 @@ from .upstream import UpstreamPoller, local_time_source
 
 log = logging.getLogger("gnomon.server")
 
+ROLES = frozenset({"ke", "ntp"})
+
 
 def initial_time_source(config: ServerConfig) -> TimeSource:
     if config.local_stratum is not None:
         return local_time_source(config.local_stratum, time.time_ns())
     return TimeSource()  # unsynchronised until an upstream says otherwise
+
+
+def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if spec.count(":") == 1:
+        host, port = spec.split(":")
+        return host, int(port)
+    return spec, default_port
 
 
 @dataclass
@@ -35,6 +52,8 @@ class Server:
     config: ServerConfig
     key_store: KeyStore | None = None
     ready: Callable[[Server], None] | None = None
+    roles: frozenset[str] = ROLES
+    reuse_port: bool = False
     ntp_services: list[NtpService] = field(default_factory=list)
     bound_ntp_port: int = 0
     bound_ke_port: int = 0
@@ -47,17 +66,24 @@ class Server:
             FileKeyStore(config.key_path) if config.key_path else MemoryKeyStore()
         )
         self.keys = KeyRing(store, RotationPolicy(config.rotation_period, config.keep_old))
-        codec = self.keys.codec(time.time())
-        self.ntp = NtpResponder(codec, initial_time_source(config), require_nts=config.require_nts)
+        self.ntp = NtpResponder(
+            self.keys.codec(time.time()),
+            initial_time_source(config),
+            require_nts=config.require_nts,
+        )
+        advertised_port = config.advertised_port
+        if advertised_port is None and config.ntp_port not in (0, 123):
+            advertised_port = config.ntp_port  # tell clients where NTP is (Port Negotiation)
         self.ke = KeResponder(
             self._codec,
             aeads=config.aeads,
             ntp_server=config.advertised_server,
-            ntp_port=config.advertised_port,
+            ntp_port=advertised_port,
         )
         self.ke_service = KeService(
             self.ke, self.certificates, KeLimits(config.ke_timeout, config.ke_max_connections)
         )
+        self._stop: asyncio.Event | None = None
 
     def _codec(self) -> CookieCodec:
         codec = self.keys.codec(time.time())
@@ -67,61 +93,74 @@ class Server:
     def publish_time_source(self, source: TimeSource) -> None:
         self.ntp.time_source = source
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from the event loop's thread)."""
+        if self._stop is not None:
+            self._stop.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
         config = self.config
         sockets: list[socket.socket] = []
-        ntp_port = config.ntp_port
-        for host in config.listen:
-            sock = open_ntp_socket(host, ntp_port)
-            ntp_port = sock.getsockname()[1]  # port 0: every address shares the first's choice
-            sockets.append(sock)
-        self.bound_ntp_port = ntp_port
-        if self.ke.ntp_port is None and ntp_port != 123:
-            self.ke.ntp_port = ntp_port  # tell clients where NTP is (Port Negotiation)
-        servers = []
-        ke_port = config.ke_port
-        for host in config.listen:
-            server = await self.ke_service.listen(host, ke_port)
-            ke_port = server.sockets[0].getsockname()[1]
-            servers.append(server)
-        self.bound_ke_port = ke_port
-        for sock in sockets:
-            service = NtpService(self.ntp, sock)
-            service.attach(loop)
-            self.ntp_services.append(service)
-        tasks = [asyncio.create_task(self._rotate_keys())]
-        if config.upstream:
-            host, _, port = config.upstream.rpartition(":")
-            poller = UpstreamPoller(
-                host.strip("[]") or config.upstream,
-                int(port) if host else 123,
-                self.publish_time_source,
-                hold=config.hold,
-                fallback=initial_time_source(config),
-            )
-            tasks.append(asyncio.create_task(poller.run()))
-        stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        log.info(
-            "NTS-KE on port %d, NTP on port %d, addresses %s",
-            ke_port,
-            ntp_port,
-            ", ".join(config.listen),
-        )
-        if self.ready is not None:
-            self.ready(self)
+        servers: list[asyncio.Server] = []
+        tasks: list[asyncio.Task[None]] = []
         try:
-            await stop.wait()
+            if "ntp" in self.roles:
+                ntp_port = config.ntp_port
+                for host in config.listen:
+                    sock = open_ntp_socket(host, ntp_port, reuse_port=self.reuse_port)
+                    ntp_port = sock.getsockname()[1]  # port 0: the others share the first's
+                    sockets.append(sock)
+                self.bound_ntp_port = ntp_port
+                if self.ke.ntp_port is None and ntp_port != 123:
+                    self.ke.ntp_port = ntp_port
+                for sock in sockets:
+                    service = NtpService(self.ntp, sock)
+                    service.attach(loop)
+                    self.ntp_services.append(service)
+            if "ke" in self.roles:
+                ke_port = config.ke_port
+                for host in config.listen:
+                    server = await self.ke_service.listen(host, ke_port, reuse_port=self.reuse_port)
+                    ke_port = server.sockets[0].getsockname()[1]
+                    servers.append(server)
+                self.bound_ke_port = ke_port
+            tasks.append(asyncio.create_task(self._rotate_keys()))
+            if config.upstream and "ntp" in self.roles:
+                host, port = split_host_port(config.upstream, 123)
+                poller = UpstreamPoller(
+                    host,
+                    port,
+                    self.publish_time_source,
+                    hold=config.hold,
+                    fallback=initial_time_source(config),
+                )
+                tasks.append(asyncio.create_task(poller.run()))
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                # Outside the main thread the owner stops us with stop().
+                with contextlib.suppress(RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, self._stop.set)
+            log.info(
+                "serving %s on %s (NTS-KE port %d, NTP port %d)",
+                "+".join(sorted(self.roles)),
+                ", ".join(config.listen),
+                self.bound_ke_port,
+                self.bound_ntp_port,
+            )
+            if self.ready is not None:
+                self.ready(self)
+            await self._stop.wait()
         finally:
             for task in tasks:
                 task.cancel()
             for service in self.ntp_services:
                 service.detach(loop)
-                service.sock.close()
+            for sock in sockets:
+                sock.close()
             for server in servers:
                 server.close()
+            self.ntp_services.clear()
             log.info("stopped")
 
     async def _rotate_keys(self) -> None:

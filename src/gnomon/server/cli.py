@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,12 @@ def add_server_commands(commands: Any) -> None:
     serve.add_argument(
         "--ready-file", metavar="FILE", help="write bound ports as JSON here once serving"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="NTP worker processes sharing the port (0: one process does everything)",
+    )
+    serve.add_argument("--ke-workers", type=int, help="NTS-KE worker processes")
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     serve.set_defaults(handler=cmd_serve)
 
@@ -69,12 +77,8 @@ def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
-    from .app import Server
-
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         with tempfile.TemporaryDirectory(prefix="gnomon-demo-") as scratch:
             if args.demo:
@@ -87,26 +91,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     config = replace(config, ntp_port=args.ntp_port)
             else:
                 raise ConfigError("give --config FILE, or --demo for a loopback demonstration")
+            if args.workers is not None:
+                if not 0 <= args.workers <= 256:
+                    raise ConfigError("--workers must be between 0 and 256")
+                config = replace(config, workers=args.workers)
+            if args.ke_workers is not None:
+                if not 1 <= args.ke_workers <= 256:
+                    raise ConfigError("--ke-workers must be between 1 and 256")
+                config = replace(config, ke_workers=args.ke_workers)
 
-            def ready(server: Server) -> None:
-                info: dict[str, object] = {
-                    "ke_port": server.bound_ke_port,
-                    "ntp_port": server.bound_ntp_port,
-                }
+            def ready(info: dict[str, object]) -> None:
                 if args.demo:
                     ca = info["ca"] = str(Path(scratch) / "ca.pem")
-                    ke_port = server.bound_ke_port
                     print(
                         "gnomon demo server on 127.0.0.1 and ::1 "
-                        f"(NTS-KE port {ke_port}, NTP port {server.bound_ntp_port}).\n"
-                        f"Query it:  gnomon query --ca {ca} localhost:{ke_port}",
+                        f"(NTS-KE port {info['ke_port']}, NTP port {info['ntp_port']}).\n"
+                        f"Query it:  gnomon query --ca {ca} localhost:{info['ke_port']}",
                         flush=True,
                     )
                 if args.ready_file:
                     Path(args.ready_file).write_text(json.dumps(info))
 
-            asyncio.run(Server(config, ready=ready).run())
-    except (GnomonError, OSError) as exc:
+            run_server(config, ready, level)
+    except (GnomonError, OSError, RuntimeError) as exc:
         print(f"gnomon: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def run_server(
+    config: ServerConfig, ready: Callable[[dict[str, object]], None], level: int
+) -> None:
+    """One process for everything (workers = 0), else a supervisor and its workers."""
+    if config.workers == 0:
+        from .app import Server
+
+        def single(server: Server) -> None:
+            info: dict[str, object] = {
+                "ke_port": server.bound_ke_port,
+                "ntp_port": server.bound_ntp_port,
+                "pids": {"all": os.getpid()},
+            }
+            ready(info)
+
+        asyncio.run(Server(config, ready=single).run())
+        return
+    from .supervisor import Supervisor
+
+    Supervisor(
+        config,
+        ntp_workers=config.workers,
+        ke_workers=config.ke_workers,
+        log_level=level,
+        on_ready=ready,
+    ).run()

@@ -21,6 +21,8 @@ listen = ["0.0.0.0", "::"]   # addresses for NTP and NTS-KE
 ntp_port = 123
 ke_port = 4460
 require_nts = false          # true: plain NTP requests are dropped
+workers = 1                  # NTP processes sharing the port (SO_REUSEPORT); 0: one process for all
+ke_workers = 1               # NTS-KE processes
 
 [tls]
 certificate = "/etc/gnomon/fullchain.pem"   # reloaded when it changes
@@ -53,6 +55,8 @@ class ServerConfig:
     ntp_port: int = 123
     ke_port: int = 4460
     require_nts: bool = False
+    workers: int = 1
+    ke_workers: int = 1
     certificate: Path | None = None
     key: Path | None = None
     aeads: tuple[int, ...] = (30, 15)
@@ -74,6 +78,8 @@ _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "ntp_port": ("ntp_port", int),
         "ke_port": ("ke_port", int),
         "require_nts": ("require_nts", bool),
+        "workers": ("workers", int),
+        "ke_workers": ("ke_workers", int),
     },
     "tls": {"certificate": ("certificate", str), "key": ("key", str)},
     "nts": {
@@ -160,6 +166,10 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
         raise ConfigError(f"{source}: time.local_stratum must be between 1 and 15")
     if values.get("hold", 1) <= 0:
         raise ConfigError(f"{source}: time.hold must be positive")
+    if not 0 <= values.get("workers", 1) <= 256:
+        raise ConfigError(f"{source}: server.workers must be between 0 and 256")
+    if not 1 <= values.get("ke_workers", 1) <= 256:
+        raise ConfigError(f"{source}: server.ke_workers must be between 1 and 256")
     if values.get("ke_timeout", 1) <= 0:
         raise ConfigError(f"{source}: ke.timeout must be positive")
     if values.get("ke_max_connections", 1) < 1:

@@ -40,9 +40,11 @@ class KeService:
     def protocol(self) -> asyncio.Protocol:
         return _KeConnection(self)
 
-    async def listen(self, host: str, port: int) -> asyncio.Server:
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        return await loop.create_server(self.protocol, host, port, reuse_address=True)
+        return await loop.create_server(
+            self.protocol, host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
 
 
 class _KeConnection(asyncio.Protocol):

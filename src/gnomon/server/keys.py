@@ -9,10 +9,13 @@ fleet may lag) and ``keep_old`` previous ones, which still open cookies.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,7 +54,12 @@ class MemoryKeyStore:
 
 
 class FileKeyStore:
-    """Keys in a JSON file (mode 0600, replaced atomically) for one machine."""
+    """Keys in a JSON file (mode 0600, replaced atomically) for one machine.
+
+    Several processes may share the file: creation happens under an
+    exclusive ``flock`` after re-reading it, so no two processes ever mint
+    different keys under one id.
+    """
 
     VERSION = 1
 
@@ -59,6 +67,19 @@ class FileKeyStore:
         self.path = Path(path)
         self._lock = threading.Lock()
         self.keys = self._read()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            fd = os.open(
+                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def _read(self) -> dict[int, bytes]:
         try:
@@ -85,7 +106,10 @@ class FileKeyStore:
         write_private_file(self.path, json.dumps(document))
 
     def get_or_create(self, ids: list[int]) -> dict[int, bytes]:
-        with self._lock:
+        if all(i in self.keys for i in ids):
+            return {i: self.keys[i] for i in ids}
+        with self._locked():
+            self.keys = self._read()
             missing = [i for i in ids if i not in self.keys]
             if missing:
                 for key_id in missing:
@@ -94,10 +118,11 @@ class FileKeyStore:
             return {i: self.keys[i] for i in ids}
 
     def prune(self, oldest_kept: int) -> None:
-        with self._lock:
-            if any(i < oldest_kept for i in self.keys):
-                self.keys = {i: k for i, k in self.keys.items() if i >= oldest_kept}
-                self._write()
+        if all(i >= oldest_kept for i in self.keys):
+            return
+        with self._locked():
+            self.keys = {i: k for i, k in self._read().items() if i >= oldest_kept}
+            self._write()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,199 @@
+"""Several server processes on shared ports, supervised.
+
+NTP workers each bind their own UDP socket to the same port with
+``SO_REUSEPORT``: the kernel spreads clients across them by address hash,
+so replies/s grow with the number of cores. NTS-KE runs in processes of its
+own, so TLS handshakes never delay an NTP reply. The supervisor restarts a
+worker that dies; the others keep answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from .config import ServerConfig
+
+log = logging.getLogger("gnomon.supervisor")
+
+RESTART_DELAY = 0.5
+
+
+def _worker_main(
+    config: ServerConfig, role: str, ready: multiprocessing.connection.Connection, log_level: int
+) -> None:
+    import asyncio
+
+    from .app import Server
+
+    logging.basicConfig(
+        level=log_level,
+        format=f"%(asctime)s {role}[%(process)d] %(name)s %(levelname)s %(message)s",
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+
+    def on_ready(server: Server) -> None:
+        ready.send((role, os.getpid(), server.bound_ke_port, server.bound_ntp_port))
+        ready.close()
+
+    asyncio.run(Server(config, ready=on_ready, roles=frozenset({role}), reuse_port=True).run())
+
+
+def reserve_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.socket]]:
+    """Resolve port 0 to real ports every worker can share (SO_REUSEPORT)."""
+    held: list[socket.socket] = []
+    ports = {"ntp_port": config.ntp_port, "ke_port": config.ke_port}
+    for name, kind in (("ntp_port", socket.SOCK_DGRAM), ("ke_port", socket.SOCK_STREAM)):
+        if ports[name] != 0:
+            continue
+        for host in config.listen:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, kind)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, ports[name]))
+            ports[name] = sock.getsockname()[1]
+            held.append(sock)
+    return replace(config, ntp_port=ports["ntp_port"], ke_port=ports["ke_port"]), held
+
+
+@dataclass
+class _Worker:
+    role: str
+    index: int
+    process: BaseProcess | None = None
+    started: float = 0.0
+
+
+class Supervisor:
+    """Starts ``ntp_workers`` NTP and ``ke_workers`` NTS-KE processes and keeps them alive."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        ntp_workers: int = 1,
+        ke_workers: int = 1,
+        log_level: int = logging.INFO,
+        on_ready: Callable[[dict[str, object]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.log_level = log_level
+        self.on_ready = on_ready
+        self.workers = [_Worker("ntp", i) for i in range(ntp_workers)]
+        self.workers += [_Worker("ke", i) for i in range(ke_workers)]
+        self._context = multiprocessing.get_context("spawn")
+        self._stopping = False
+        self.restarts = 0
+
+    def _start(self, worker: _Worker, timeout: float = 30.0) -> tuple[int, int]:
+        receiver, sender = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self.config, worker.role, sender, self.log_level),
+            name=f"gnomon-{worker.role}-{worker.index}",
+            daemon=False,
+        )
+        process.start()
+        sender.close()
+        worker.process = process
+        worker.started = time.monotonic()
+        if not receiver.poll(timeout):
+            raise RuntimeError(f"{worker.role} worker {worker.index} did not start")
+        try:
+            _, _, ke_port, ntp_port = receiver.recv()
+        except EOFError:
+            raise RuntimeError(f"{worker.role} worker {worker.index} died at start") from None
+        finally:
+            receiver.close()
+        return ke_port, ntp_port
+
+    def run(self) -> None:
+        with contextlib.ExitStack() as cleanup:
+            if self.config.key_path is None:
+                # Workers must share cookie keys; without a configured file they live
+                # in a private temporary one and die with this supervisor.
+                scratch = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="gnomon-keys-"))
+                self.config = replace(self.config, key_path=Path(scratch) / "keys.json")
+                log.warning("no keys.path configured: cookies will not survive a restart")
+            self._run()
+
+    def _run(self) -> None:
+        self.config, held = reserve_ports(self.config)
+        stop_reader, stop_writer = socket.socketpair()
+        stop_writer.setblocking(False)
+
+        def request_stop(signum: int, frame: object) -> None:
+            with contextlib.suppress(OSError):
+                stop_writer.send(b"x")
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for worker in self.workers:
+                self._start(worker)
+            for sock in held:
+                sock.close()  # the workers hold the ports now
+            info: dict[str, object] = {
+                "ke_port": self.config.ke_port,
+                "ntp_port": self.config.ntp_port,
+                "pids": {f"{w.role}-{w.index}": w.process.pid for w in self.workers if w.process},
+                "supervisor": os.getpid(),
+            }
+            log.info("%d worker processes serving", len(self.workers))
+            if self.on_ready is not None:
+                self.on_ready(info)
+            self._watch(stop_reader)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self._stop_all()
+            stop_reader.close()
+            stop_writer.close()
+
+    def _watch(self, stop_reader: socket.socket) -> None:
+        while True:
+            sentinels: list[int] = [w.process.sentinel for w in self.workers if w.process]
+            ready = multiprocessing.connection.wait([*sentinels, stop_reader], timeout=5.0)
+            if stop_reader in ready:
+                return
+            for worker in self.workers:
+                process = worker.process
+                if process is not None and not process.is_alive():
+                    log.warning(
+                        "%s worker %d (pid %s) exited with %s; restarting",
+                        worker.role,
+                        worker.index,
+                        process.pid,
+                        process.exitcode,
+                    )
+                    if time.monotonic() - worker.started < RESTART_DELAY:
+                        time.sleep(RESTART_DELAY)  # no busy loop on a worker that cannot start
+                    self.restarts += 1
+                    try:
+                        self._start(worker)
+                    except RuntimeError as exc:
+                        log.error("%s", exc)
+
+    def _stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.is_alive():
+                worker.process.terminate()
+        deadline = time.monotonic() + 10
+        for worker in self.workers:
+            if worker.process is not None:
+                worker.process.join(max(0.1, deadline - time.monotonic()))
+                if worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join(1)
