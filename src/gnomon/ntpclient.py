@@ -72,7 +72,9 @@ class UdpExchange:
         try:
             packet, pending = self.association.build_request()
         except NoCookiesError:
-            self._next_send = self.deadline
+            if not self._outstanding:
+                raise
+            self._next_send = self.deadline  # wait for the answers already asked for
             return None
         self._next_send = now + self.timing.retransmit
         self._outstanding.append((pending, 0))

@@ -107,20 +107,26 @@ class _ServerState:
 
 
 def parse_server(spec: str, default_port: int = NTS_KE_PORT) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+    port = ""
     if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
+        host, bracket, rest = spec[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise GnomonError(f"bad server {spec!r}")
+        port = rest[1:] if rest else ""
+        if rest and not port:
+            raise GnomonError(f"bad port in {spec!r}")
     elif spec.count(":") == 1:
         host, port = spec.split(":")
+        if not port:
+            raise GnomonError(f"bad port in {spec!r}")
     else:
-        host, port = spec, ""
+        host = spec
     if not host:
         raise GnomonError(f"no host in {spec!r}")
-    try:
-        number = int(port) if port else default_port
-    except ValueError:
-        raise GnomonError(f"bad port in {spec!r}") from None
+    if port and not (port.isascii() and port.isdigit()):
+        raise GnomonError(f"bad port in {spec!r}")
+    number = int(port) if port else default_port
     if not 0 < number < 65536:
         raise GnomonError(f"bad port in {spec!r}")
     return host, number

@@ -80,6 +80,8 @@ class Aead:
                 return gcm.encrypt(nonce, plaintext, associated)
 
             def decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+                if len(nonce) != 12:  # the only nonce length AES-GCM-SIV takes
+                    raise AuthenticationError(f"AES-GCM-SIV nonce of {len(nonce)} bytes")
                 try:
                     return gcm.decrypt(nonce, ciphertext, associated)
                 except InvalidTag:

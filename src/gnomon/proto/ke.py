@@ -91,6 +91,7 @@ class RecordStream:
         self._records: list[Record] = []
         self._max_length = max_length
         self._done = False
+        self._received = 0
 
     @property
     def complete(self) -> bool:
@@ -102,7 +103,8 @@ class RecordStream:
                 raise KeProtocolError("data after End of Message")
             return tuple(self._records)
         self._buffer += data
-        if len(self._buffer) > self._max_length:
+        self._received += len(data)
+        if self._received > self._max_length:
             raise KeProtocolError(f"NTS-KE message longer than {self._max_length} bytes")
         buffer = self._buffer
         position = 0
@@ -225,7 +227,11 @@ def parse_response(records: Sequence[Record], offered_aeads: Sequence[int]) -> K
     seen: set[int] = set()
     for record in records:
         kind = record.type
-        if kind in seen and kind not in (RecordType.NEW_COOKIE, RecordType.WARNING):
+        if (
+            kind in seen
+            and kind in KNOWN_TYPES
+            and kind not in (RecordType.NEW_COOKIE, RecordType.WARNING)
+        ):
             raise KeProtocolError(f"duplicate NTS-KE record of type {kind}")
         seen.add(kind)
         if kind == RecordType.NEXT_PROTOCOL:
@@ -303,7 +309,7 @@ def parse_request(records: Sequence[Record]) -> KeRequest:
     try:
         for record in records:
             kind = record.type
-            if kind in seen and kind != RecordType.WARNING:
+            if kind in seen and kind in KNOWN_TYPES and kind != RecordType.WARNING:
                 raise KeRequestError(ErrorCode.BAD_REQUEST, f"duplicate record of type {kind}")
             seen.add(kind)
             if kind == RecordType.NEXT_PROTOCOL:

@@ -61,6 +61,7 @@ def open_authenticator(aead: Aead, packet: bytes, ef_offset: int, body: bytes) -
         raise AuthenticationError(f"authenticator ciphertext of {ciphertext_len} bytes")
     nonce = reader.take(pad4(nonce_len), "authenticator nonce")[:nonce_len]
     ciphertext = reader.take(pad4(ciphertext_len), "authenticator ciphertext")[:ciphertext_len]
+    # RFC 8915 5.6: a nonce shorter than N_REQ is followed by padding making up the difference.
     required = min(MIN_NONCE_LEN, algorithm.max_nonce_length)
     if 4 + max(pad4(nonce_len), required) + pad4(ciphertext_len) > len(body):
         raise AuthenticationError("authenticator lacks the padding of a short nonce")
