@@ -35,18 +35,14 @@ from .ntp import (
     LEAP_UNSYNCHRONIZED,
     MODE_CLIENT,
     MODE_SERVER,
-    NtpPacket,
-    encode_extension_field,
-    unix_ns_to_ntp,
 )
 from .nts import (
+    EF_NTS_AUTHENTICATOR,
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
     EF_UNIQUE_IDENTIFIER,
     MIN_UNIQUE_ID_LEN,
-    NtsFields,
     encode_authenticator,
-    locate_nts_fields,
     open_authenticator,
     parse_encrypted_fields,
 )
@@ -82,142 +78,222 @@ class NtpCounters:
         return dict(vars(self))
 
 
-@dataclass
+_EF_HEAD = struct.Struct("!HH")
+_TWO_TS = struct.Struct("!QQ")
+_AUTH_HEAD = struct.Struct("!HHHH")  # field type, field length, nonce length, ciphertext length
+_NS = 1_000_000_000
+_NTP_OFFSET = 2_208_988_800
+
+
+def _ntp_time(unix_ns: int) -> int:
+    seconds, ns = divmod(unix_ns, _NS)
+    return (((seconds + _NTP_OFFSET) & 0xFFFFFFFF) << 32) | ((ns << 32) // _NS)
+
+
+class _KeyCache:
+    """AEAD objects by key: building one costs more than using it, and a
+    client sends many requests under the same keys."""
+
+    __slots__ = ("_entries", "_limit")
+
+    def __init__(self, limit: int = 8192) -> None:
+        self._entries: dict[bytes, Aead] = {}
+        self._limit = limit
+
+    def get(self, aead_id: int, key: bytes) -> Aead:
+        entry = self._entries.get(key)
+        if entry is None or entry.algorithm.id != aead_id:
+            if len(self._entries) >= self._limit:
+                self._entries.clear()
+            entry = self._entries[key] = Aead(aead_id, key)
+        return entry
+
+
 class NtpResponder:
     """Answers NTP client requests, plain or NTS-protected.
 
     ``respond(data, receive_ns, transmit_ns)`` returns the reply bytes or None
     to drop. A reply is never longer than its request (no amplification).
+    This is the per-packet path: it scans extension fields in place rather
+    than building objects, and keeps AEAD objects per key.
     """
 
-    codec: CookieCodec
-    time_source: TimeSource = field(default_factory=TimeSource)
-    require_nts: bool = False
-    counters: NtpCounters = field(default_factory=NtpCounters)
-    _aeads: dict[tuple[int, bytes], Aead] = field(default_factory=dict, repr=False)
+    def __init__(
+        self,
+        codec: CookieCodec,
+        time_source: TimeSource | None = None,
+        *,
+        require_nts: bool = False,
+    ) -> None:
+        self.codec = codec
+        self.require_nts = require_nts
+        self.counters = NtpCounters()
+        self._keys = _KeyCache()
+        self.time_source = time_source or TimeSource()
+
+    @property
+    def time_source(self) -> TimeSource:
+        return self._time_source
+
+    @time_source.setter
+    def time_source(self, source: TimeSource) -> None:
+        self._time_source = source
+        # Everything from precision to the reference timestamp, packed once.
+        self._static = HEADER.pack(
+            0,
+            0,
+            0,
+            source.precision,
+            source.root_delay,
+            source.root_dispersion,
+            source.reference_id,
+            source.reference_ts,
+            0,
+            0,
+            0,
+        )[3:24]
+        self._first = source.leap << 6 | MODE_SERVER
+        self._stratum = source.stratum
+
+    def _header(self, request: bytes, receive_ns: int, transmit_ns: int) -> bytes:
+        return b"".join(
+            (
+                bytes((self._first | (request[0] & 0x38), self._stratum, request[2])),
+                self._static,
+                request[40:48],
+                _TWO_TS.pack(_ntp_time(receive_ns), _ntp_time(transmit_ns)),
+            )
+        )
 
     def respond(self, data: bytes, receive_ns: int, transmit_ns: int) -> bytes | None:
-        if len(data) < HEADER_LEN:
+        length = len(data)
+        if length < HEADER_LEN:
             self.counters.malformed += 1
             return None
         first = data[0]
-        version = (first >> 3) & 7
-        if first & 7 != MODE_CLIENT or not 1 <= version <= 4:
-            self.counters.dropped += 1
+        if first & 7 != MODE_CLIENT or not 0x08 <= first & 0x38 <= 0x20:
+            self.counters.dropped += 1  # not a client request of NTP versions 1-4
             return None
-        if len(data) == HEADER_LEN:
+        if length == HEADER_LEN:
             if self.require_nts:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1
-            return self._header(data, version, receive_ns, transmit_ns)
-        try:
-            packet = NtpPacket.decode(data)
-        except NtpFormatError:
-            self.counters.malformed += 1
-            return None
-        fields = locate_nts_fields(packet.extensions, packet.offsets)
-        if fields.cookie is None and fields.authenticator_offset is None:
-            if self.require_nts or fields.unique_id is not None:
+            return self._header(data, receive_ns, transmit_ns)
+        # Scan extension fields up to the authenticator (RFC 7822 framing).
+        unique_id = cookie = None
+        placeholder_lengths: list[int] = []
+        auth_at = -1
+        position = HEADER_LEN
+        unpack = _EF_HEAD.unpack_from
+        while position + 4 <= length:
+            ef_type, ef_length = unpack(data, position)
+            if ef_length < 16 or ef_length & 3 or position + ef_length > length:
+                break
+            if ef_type == EF_NTS_AUTHENTICATOR:
+                auth_at = position
+                break
+            if ef_type == EF_UNIQUE_IDENTIFIER:
+                if unique_id is not None:
+                    self.counters.malformed += 1
+                    return None
+                unique_id = data[position + 4 : position + ef_length]
+            elif ef_type == EF_NTS_COOKIE:
+                if cookie is not None:
+                    self.counters.malformed += 1
+                    return None
+                cookie = data[position + 4 : position + ef_length]
+            elif ef_type == EF_NTS_COOKIE_PLACEHOLDER:
+                placeholder_lengths.append(ef_length - 4)
+            position += ef_length
+        else:
+            if position != length:
+                self.counters.malformed += 1
+                return None
+        if auth_at < 0:
+            if position != length and length - position not in (20, 24):
+                self.counters.malformed += 1  # broken framing, and not a legacy MAC
+                return None
+            if cookie is not None or unique_id is not None or self.require_nts:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1  # unknown extensions: answer the header only
-            return self._header(data, version, receive_ns, transmit_ns)
-        return self._respond_nts(data, version, fields, receive_ns, transmit_ns)
-
-    def _header(
-        self,
-        request: bytes,
-        version: int,
-        receive_ns: int,
-        transmit_ns: int,
-        kiss: bytes | None = None,
-    ) -> bytes:
-        source = self.time_source
-        return HEADER.pack(
-            ((LEAP_UNSYNCHRONIZED if kiss else source.leap) << 6) | (version << 3) | MODE_SERVER,
-            0 if kiss else source.stratum,
-            request[2] if request[2] < 128 else request[2] - 256,
-            source.precision,
-            source.root_delay,
-            source.root_dispersion,
-            kiss or source.reference_id,
-            0 if kiss else source.reference_ts,
-            int.from_bytes(request[40:48]),
-            unix_ns_to_ntp(receive_ns),
-            unix_ns_to_ntp(transmit_ns),
-        )
-
-    def _aead(self, aead_id: int, key: bytes) -> Aead:
-        cached = self._aeads.get((aead_id, key))
-        if cached is None:
-            if len(self._aeads) > 4096:
-                self._aeads.clear()
-            cached = self._aeads[(aead_id, key)] = Aead(aead_id, key)
-        return cached
-
-    def _respond_nts(
-        self, data: bytes, version: int, fields: NtsFields, receive_ns: int, transmit_ns: int
-    ) -> bytes | None:
-        unique_id = fields.unique_id
-        if (
-            unique_id is None
-            or len(unique_id) < MIN_UNIQUE_ID_LEN
-            or fields.cookie is None
-            or fields.authenticator_offset is None
-            or fields.authenticator_body is None
-        ):
+            return self._header(data, receive_ns, transmit_ns)
+        if unique_id is None or len(unique_id) < MIN_UNIQUE_ID_LEN or cookie is None:
             self.counters.malformed += 1
             return None
-        uid_field = encode_extension_field(EF_UNIQUE_IDENTIFIER, unique_id)
-        opened = self.codec.open(fields.cookie)
+        return self._respond_nts(
+            data, auth_at, unique_id, cookie, placeholder_lengths, receive_ns, transmit_ns
+        )
+
+    def _respond_nts(
+        self,
+        data: bytes,
+        auth_at: int,
+        unique_id: bytes,
+        cookie: bytes,
+        placeholder_lengths: list[int],
+        receive_ns: int,
+        transmit_ns: int,
+    ) -> bytes | None:
+        uid_field = _EF_HEAD.pack(EF_UNIQUE_IDENTIFIER, 4 + len(unique_id)) + unique_id
+        opened = self.codec.open(cookie)
         if opened is None:
-            return self._nak(data, version, uid_field, receive_ns, transmit_ns)
+            return self._nak(data, uid_field, receive_ns, transmit_ns)
         aead_id, c2s, s2c = opened
+        auth_length = _EF_HEAD.unpack_from(data, auth_at)[1]
         try:
             plaintext = open_authenticator(
-                self._aead(aead_id, c2s),
+                self._keys.get(aead_id, c2s),
                 data,
-                fields.authenticator_offset,
-                fields.authenticator_body,
+                auth_at,
+                data[auth_at + 4 : auth_at + auth_length],
             )
-            encrypted = parse_encrypted_fields(plaintext)
+            encrypted = parse_encrypted_fields(plaintext) if plaintext else ()
         except (AuthenticationError, NtpFormatError):
-            return self._nak(data, version, uid_field, receive_ns, transmit_ns)
+            return self._nak(data, uid_field, receive_ns, transmit_ns)
         # RFC 8915 5.7: one cookie, plus one per placeholder no shorter than the
         # cookie; we also insist on equal length so the reply never grows.
-        cookie_len = len(fields.cookie)
-        placeholders = sum(1 for n in fields.placeholder_lengths if n == cookie_len)
-        placeholders += sum(
+        cookie_length = len(cookie)
+        wanted = placeholder_lengths.count(cookie_length) + sum(
             1
             for ef in encrypted
-            if ef.type == EF_NTS_COOKIE_PLACEHOLDER and len(ef.body) == cookie_len
+            if ef.type == EF_NTS_COOKIE_PLACEHOLDER and len(ef.body) == cookie_length
         )
-        count = min(1 + placeholders, MAX_COOKIES)
+        count = min(1 + wanted, MAX_COOKIES)
         seal = self.codec.seal
-        cookies = b"".join(
-            encode_extension_field(EF_NTS_COOKIE, seal(aead_id, c2s, s2c)) for _ in range(count)
-        )
-        head = self._header(data, version, receive_ns, transmit_ns) + uid_field
-        s2c_aead = self._aead(aead_id, s2c)
+        cookie_head = _EF_HEAD.pack(EF_NTS_COOKIE, 4 + cookie_length)
+        head = self._header(data, receive_ns, transmit_ns) + uid_field
+        s2c_aead = self._keys.get(aead_id, s2c)
         nonce = os.urandom(s2c_aead.algorithm.nonce_length)
-        reply = head + encode_authenticator(s2c_aead, nonce, head, cookies)
-        while len(reply) > len(data) and count > 0:
-            count -= 1
-            cookies = cookies[: len(cookies) * count // (count + 1)]
+        while True:
+            cookies = b"".join([cookie_head + seal(aead_id, c2s, s2c) for _ in range(count)])
             reply = head + encode_authenticator(s2c_aead, nonce, head, cookies)
-        if len(reply) > len(data):
-            self.counters.dropped += 1
-            return None
-        self.counters.nts += 1
-        return reply
+            if len(reply) <= len(data):
+                self.counters.nts += 1
+                return reply
+            if count == 0:
+                self.counters.dropped += 1
+                return None
+            count -= 1
 
-    def _nak(
-        self, data: bytes, version: int, uid_field: bytes, receive_ns: int, transmit_ns: int
-    ) -> bytes:
+    def _nak(self, data: bytes, uid_field: bytes, receive_ns: int, transmit_ns: int) -> bytes:
         """RFC 8915 5.7: kiss code NTSN, the unique id echoed, no authenticator."""
         self.counters.nak += 1
-        return self._header(data, version, receive_ns, transmit_ns, kiss=NTSN) + uid_field
+        header = HEADER.pack(
+            LEAP_UNSYNCHRONIZED << 6 | (data[0] & 0x38) | MODE_SERVER,
+            0,
+            data[2] if data[2] < 128 else data[2] - 256,
+            self._time_source.precision,
+            0,
+            0,
+            NTSN,
+            0,
+            int.from_bytes(data[40:48]),
+            _ntp_time(receive_ns),
+            _ntp_time(transmit_ns),
+        )
+        return header + uid_field
 
 
 _U16 = struct.Struct("!H")
