@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..proto.cookie import CookieCodec
 from ..proto.server import KeResponder, NtpResponder, TimeSource
 from .certificates import CertificateSource
-from .config import ServerConfig
+from .config import ServerConfig, split_host_port
 from .ke import KeLimits, KeService
 from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
 from .ntp import NtpService, open_ntp_socket
@@ -33,16 +33,6 @@ def initial_time_source(config: ServerConfig) -> TimeSource:
     if config.local_stratum is not None:
         return local_time_source(config.local_stratum, time.time_ns())
     return TimeSource()  # unsynchronised until an upstream says otherwise
-
-
-def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if spec.count(":") == 1:
-        host, port = spec.split(":")
-        return host, int(port)
-    return spec, default_port
 
 
 @dataclass

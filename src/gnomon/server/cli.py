@@ -136,7 +136,15 @@ def run_server(
 
         asyncio.run(Server(config, ready=single).run())
         return
+    from .certificates import load_server_context
+    from .keys import FileKeyStore
     from .supervisor import Supervisor
+
+    # Workers start in fresh processes: find bad files here, where one line can say so.
+    assert config.certificate is not None and config.key is not None
+    load_server_context(config.certificate, config.key)
+    if config.key_path is not None:
+        FileKeyStore(config.key_path)
 
     Supervisor(
         config,

@@ -164,6 +164,12 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
     stratum = values.get("local_stratum")
     if stratum is not None and not 1 <= stratum <= 15:
         raise ConfigError(f"{source}: time.local_stratum must be between 1 and 15")
+    upstream = values.get("upstream")
+    if upstream is not None:
+        try:
+            split_host_port(upstream, 123)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: time.upstream: {exc}") from None
     if values.get("hold", 1) <= 0:
         raise ConfigError(f"{source}: time.hold must be positive")
     if not 0 <= values.get("workers", 1) <= 256:
@@ -178,6 +184,24 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
     if config.certificate is None or config.key is None:
         raise ConfigError(f"{source}: tls.certificate and tls.key are required")
     return config
+
+
+def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address; ValueError if bad."""
+    host, port = spec, ""
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{spec!r} is not host:port")
+        port = rest[1:]
+    elif spec.count(":") == 1:
+        host, port = spec.split(":")
+    if not host or (port and not (port.isascii() and port.isdigit())):
+        raise ValueError(f"{spec!r} is not host:port")
+    number = int(port) if port else default_port
+    if not 0 < number < 65536:
+        raise ValueError(f"{spec!r} has no valid port")
+    return host, number
 
 
 def load_config(path: str | Path) -> ServerConfig:

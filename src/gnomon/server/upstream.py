@@ -127,6 +127,6 @@ class UpstreamPoller:
                 sock.send(request)
                 data = sock.recv(1024)
                 received = time.time_ns()
-        except OSError:
+        except (OSError, ValueError, OverflowError):
             return None
         return time_source_from(data, str(address[0]), sent, received, origin)
