@@ -181,7 +181,7 @@ class KeResponse:
     warnings: tuple[int, ...] = ()
 
 
-def _parse_server_name(body: bytes) -> str:
+def parse_server_name(body: bytes) -> str:
     if not body or len(body) > MAX_SERVER_NAME_LEN:
         raise KeProtocolError(f"NTPv4 Server record of {len(body)} bytes")
     try:
@@ -250,7 +250,7 @@ def parse_response(records: Sequence[Record], offered_aeads: Sequence[int]) -> K
             if len(cookies) > MAX_COOKIES:
                 raise KeProtocolError(f"server sent more than {MAX_COOKIES} cookies")
         elif kind == RecordType.NTPV4_SERVER:
-            server = _parse_server_name(record.body)
+            server = parse_server_name(record.body)
         elif kind == RecordType.NTPV4_PORT:
             port = _parse_port(record.body)
         elif kind == RecordType.WARNING:
@@ -317,7 +317,7 @@ def parse_request(records: Sequence[Record]) -> KeRequest:
             elif kind == RecordType.AEAD_ALGORITHM:
                 aeads = _parse_u16_list(record.body, "AEAD Algorithm")
             elif kind == RecordType.NTPV4_SERVER:
-                server = _parse_server_name(record.body)
+                server = parse_server_name(record.body)
             elif kind == RecordType.NTPV4_PORT:
                 port = _parse_port(record.body)
             elif kind == RecordType.COMPLIANT_AES_128_GCM_SIV_EXPORTER:

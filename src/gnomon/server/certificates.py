@@ -25,7 +25,10 @@ log = logging.getLogger("gnomon.tls")
 
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
-    return ALPN_NTSKE if ALPN_NTSKE in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+    if ALPN_NTSKE not in offered:
+        # A fatal no_application_protocol alert (RFC 7301 3.2), not a handshake without ALPN.
+        raise SSL.Error("client does not offer ALPN ntske/1")
+    return ALPN_NTSKE
 
 
 def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, datetime]:

@@ -52,9 +52,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.file)
         from .certificates import load_server_context
+        from .keys import FileKeyStore
 
         assert config.certificate is not None and config.key is not None
         load_server_context(config.certificate, config.key)
+        if config.key_path is not None:
+            FileKeyStore(config.key_path)
     except GnomonError as exc:
         print(f"gnomon: {exc}", file=sys.stderr)
         return 2

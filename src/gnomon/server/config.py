@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, KeProtocolError
 from ..proto.aead import ALGORITHMS
+from ..proto.ke import parse_server_name
 
 EXAMPLE = """\
 # gnomon server configuration
@@ -164,6 +165,14 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
     stratum = values.get("local_stratum")
     if stratum is not None and not 1 <= stratum <= 15:
         raise ConfigError(f"{source}: time.local_stratum must be between 1 and 15")
+    advertised = values.get("advertised_server")
+    if advertised is not None:
+        try:
+            parse_server_name(advertised.encode("ascii"))
+        except (UnicodeEncodeError, KeProtocolError):
+            raise ConfigError(
+                f"{source}: nts.ntp_server: {advertised!r} is not a host name or IP address"
+            ) from None
     upstream = values.get("upstream")
     if upstream is not None:
         try:

@@ -84,7 +84,8 @@ class _KeConnection(asyncio.Protocol):
         except GnomonError as exc:
             self.service.tls_failures += 1
             log.debug("NTS-KE connection dropped: %s", exc)
-            self._close(abort=True)
+            self._flush()  # the TLS alert OpenSSL queued, if any
+            self._close(abort=False)
         except Exception:  # a bug must cost one connection, never the service
             log.exception("NTS-KE connection failed")
             self._close(abort=True)

@@ -1,0 +1,1 @@
+"""Conformance tests of the gnomon server (RFC 8915 rules, one test per rule)."""

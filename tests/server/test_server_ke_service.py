@@ -1,0 +1,255 @@
+"""The NTS-KE service over real TLS on loopback: framing, limits, refusals, key export."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from OpenSSL import SSL
+
+from gnomon.certs import DemoPki
+from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, derive_keys
+from gnomon.proto.client import Association
+from gnomon.proto.ke import MAX_COOKIES, ErrorCode, Record, RecordType
+from gnomon.session import Session
+
+from .helpers import (
+    LOOPBACK,
+    RawKeClient,
+    Refused,
+    aead_record,
+    base_config,
+    compliant_record,
+    error_code,
+    ke_request,
+    message,
+    npn,
+    open_reply,
+    records_of,
+    running_server,
+    u16s,
+    udp_ask,
+    wait_closed,
+)
+
+GOOD = message(npn(0), aead_record(AES_128_GCM_SIV, AES_SIV_CMAC_256), compliant_record())
+
+
+def cookies(records: tuple[Record, ...]) -> list[bytes]:
+    return [r.body for r in records_of(records, RecordType.NEW_COOKIE)]
+
+
+async def test_session_gets_authenticated_time(pki: DemoPki) -> None:
+    async with running_server(base_config(pki)) as server:
+        session = Session(ca_file=pki.ca_cert, timeout=3.0)
+        result = await session.aquery(LOOPBACK, server.bound_ke_port)
+        assert result.authenticated and result.key_exchange
+        assert result.port == server.bound_ntp_port  # learnt from Port Negotiation
+        assert result.leap == 3 and result.stratum == 16  # no upstream: honest ignorance
+        again = await session.aquery(LOOPBACK, server.bound_ke_port)
+        assert not again.key_exchange
+
+
+async def test_request_one_byte_per_tls_record_is_answered(pki: DemoPki) -> None:
+    async with running_server(base_config(pki)) as server:
+        outcome = await asyncio.to_thread(ke_request, server.bound_ke_port, GOOD, per_write=1)
+    assert error_code(outcome.records) is None
+    assert len(cookies(outcome.records)) == MAX_COOKIES
+
+
+async def test_request_longer_than_16384_bytes_is_refused_in_one_write(pki: DemoPki) -> None:
+    filler = Record(0x2345, bytes(17000)).encode()  # one record longer than the limit
+    request = message(npn(0), aead_record(AES_SIV_CMAC_256))[:-4] + filler + message()
+    async with running_server(base_config(pki)) as server:
+        try:
+            outcome = await asyncio.to_thread(ke_request, server.bound_ke_port, request)
+        except Refused:
+            return
+    assert error_code(outcome.records) == ErrorCode.BAD_REQUEST
+
+
+async def test_request_longer_than_16384_bytes_is_refused_in_small_records(
+    pki: DemoPki,
+) -> None:
+    """The limit bounds the whole message, not only what is still unparsed."""
+    # distinct unknown non-critical types: a repeated one would be a Bad Request anyway
+    filler = b"".join(Record(0x2000 + i, bytes(1000)).encode() for i in range(20))  # 20 KB
+    request = message(npn(0), aead_record(AES_SIV_CMAC_256))[:-4] + filler + message()
+    async with running_server(base_config(pki)) as server:
+        try:
+            outcome = await asyncio.to_thread(
+                ke_request, server.bound_ke_port, request, per_write=1004
+            )
+        except Refused:
+            return
+    assert error_code(outcome.records) == ErrorCode.BAD_REQUEST
+
+
+async def test_bad_request_over_tls_gets_error_record(pki: DemoPki) -> None:
+    async with running_server(base_config(pki)) as server:
+        outcome = await asyncio.to_thread(
+            ke_request, server.bound_ke_port, message(aead_record(AES_SIV_CMAC_256))
+        )
+    assert error_code(outcome.records) == ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize("alpn", [None, (b"http/1.1",)], ids=["no-alpn", "other-alpn"])
+async def test_client_without_ntske_alpn_is_refused(pki: DemoPki, alpn: object) -> None:
+    async with running_server(base_config(pki)) as server:
+        with pytest.raises(Refused):
+            await asyncio.to_thread(ke_request, server.bound_ke_port, GOOD, alpn=alpn)
+        # and the service still works
+        outcome = await asyncio.to_thread(ke_request, server.bound_ke_port, GOOD)
+        assert len(cookies(outcome.records)) == MAX_COOKIES
+
+
+async def test_tls_1_2_client_gets_protocol_version_alert(pki: DemoPki) -> None:
+    async with running_server(base_config(pki)) as server:
+        with pytest.raises(Refused, match="protocol version"):
+            await asyncio.to_thread(
+                ke_request, server.bound_ke_port, GOOD, max_version=SSL.TLS1_2_VERSION
+            )
+
+
+async def test_client_with_other_alpn_gets_no_application_protocol_alert(pki: DemoPki) -> None:
+    async with running_server(base_config(pki)) as server:
+        with pytest.raises(Refused, match="no application protocol"):
+            await asyncio.to_thread(ke_request, server.bound_ke_port, GOOD, alpn=(b"http/1.1",))
+
+
+async def test_tls_1_2_client_is_refused(pki: DemoPki) -> None:
+    async with running_server(base_config(pki)) as server:
+        with pytest.raises(Refused):
+            await asyncio.to_thread(
+                ke_request, server.bound_ke_port, GOOD, max_version=SSL.TLS1_2_VERSION
+            )
+        assert server.ke_service.tls_failures >= 1
+
+
+# --- keys: compliant vs legacy exporter context, checked through NTP ----------------------
+
+
+def _ntp_with_keys(ntp_port: int, aead: int, keys: tuple[bytes, bytes], cookie: bytes) -> str:
+    """'ok' for an authenticated answer, 'nak' for an NTS NAK, 'none' for silence."""
+    association = Association(aead, keys[0], keys[1], [cookie])
+    packet, _ = association.build_request()
+    reply = udp_ask(ntp_port, packet)
+    if reply is None:
+        return "none"
+    header = open_reply(reply, aead, keys[1]) if len(reply) > 48 else None
+    if header is not None and header.authenticated:
+        return "ok"
+    if reply[12:16] == b"NTSN" and reply[1] == 0:
+        return "nak"
+    return "other"
+
+
+@pytest.mark.parametrize(
+    ("offered", "send_1024", "compliant"),
+    [
+        ((AES_128_GCM_SIV,), True, True),
+        ((AES_128_GCM_SIV,), False, False),
+        ((AES_SIV_CMAC_256,), False, True),
+    ],
+    ids=["gcm-siv-with-1024", "gcm-siv-legacy", "siv-cmac"],
+)
+async def test_keys_follow_the_negotiated_exporter_context(
+    pki: DemoPki, offered: tuple[int, ...], send_1024: bool, compliant: bool
+) -> None:
+    extra = (compliant_record(),) if send_1024 else ()
+    async with running_server(base_config(pki)) as server:
+        outcome = await asyncio.to_thread(
+            ke_request, server.bound_ke_port, message(npn(0), aead_record(*offered), *extra)
+        )
+        (aead,) = u16s(records_of(outcome.records, RecordType.AEAD_ALGORITHM)[0].body)
+        jar = cookies(outcome.records)
+        right = derive_keys(outcome.exporter, aead, compliant=compliant)
+        results = {
+            "right": await asyncio.to_thread(
+                _ntp_with_keys, server.bound_ntp_port, aead, right, jar[0]
+            )
+        }
+        if aead == AES_128_GCM_SIV:
+            wrong = derive_keys(outcome.exporter, aead, compliant=not compliant)
+            results["wrong"] = await asyncio.to_thread(
+                _ntp_with_keys, server.bound_ntp_port, aead, wrong, jar[1]
+            )
+    assert results["right"] == "ok"
+    if "wrong" in results:
+        assert results["wrong"] == "nak"
+
+
+async def test_server_and_port_records_from_config(pki: DemoPki) -> None:
+    config = base_config(pki, advertised_server="ntp.example.net", advertised_port=4123)
+    async with running_server(config) as server:
+        outcome = await asyncio.to_thread(ke_request, server.bound_ke_port, GOOD)
+    (name,) = records_of(outcome.records, RecordType.NTPV4_SERVER)
+    (port,) = records_of(outcome.records, RecordType.NTPV4_PORT)
+    assert name.body == b"ntp.example.net"
+    assert u16s(port.body) == [4123]
+
+
+# --- timeouts and connection limits ---------------------------------------------------------
+
+
+def _idle_then_served(ke_port: int, handshake_first: bool) -> tuple[float, float]:
+    """(seconds a full exchange took meanwhile, seconds until the idle one was dropped)."""
+    with RawKeClient(ke_port) as idle:
+        if handshake_first:
+            idle.handshake()
+        start = time.monotonic()
+        outcome = ke_request(ke_port, GOOD)
+        served = time.monotonic() - start
+        assert len(cookies(outcome.records)) == MAX_COOKIES
+        dropped = wait_closed(idle.sock, 5.0) + served
+    return served, dropped
+
+
+@pytest.mark.parametrize("handshake_first", [False, True], ids=["silent", "after-handshake"])
+async def test_idle_client_is_dropped_and_does_not_block_others(
+    pki: DemoPki, handshake_first: bool
+) -> None:
+    async with running_server(base_config(pki, ke_timeout=0.5)) as server:
+        served, dropped = await asyncio.to_thread(
+            _idle_then_served, server.bound_ke_port, handshake_first
+        )
+        assert server.ke_service.timeouts >= 1
+    assert served < 0.4  # answered while the idle client still held its slot
+    assert 0.3 < dropped < 3.0
+
+
+async def _wait_active(server: object, count: int) -> None:
+    service = server.ke_service  # type: ignore[attr-defined]
+    async with asyncio.timeout(5):
+        while service.active != count:
+            await asyncio.sleep(0.01)
+
+
+async def test_max_connections_refuses_the_third_then_serves_later(pki: DemoPki) -> None:
+    async with running_server(base_config(pki, ke_max_connections=2)) as server:
+        port = server.bound_ke_port
+        first = socket.create_connection((LOOPBACK, port), timeout=5)
+        second = socket.create_connection((LOOPBACK, port), timeout=5)
+        try:
+            await _wait_active(server, 2)
+            with pytest.raises(Refused):
+                await asyncio.to_thread(ke_request, port, GOOD, timeout=3.0)
+            assert server.ke_service.rejected >= 1
+        finally:
+            first.close()
+            second.close()
+        await _wait_active(server, 0)
+        for _ in range(3):
+            outcome = await asyncio.to_thread(ke_request, port, GOOD)
+            assert len(cookies(outcome.records)) == MAX_COOKIES
+
+
+async def test_dual_stack_listen(pki: DemoPki) -> None:
+    async with running_server(base_config(pki, listen=(LOOPBACK, "::1"))) as server:
+        session = Session(ca_file=pki.ca_cert, timeout=3.0)
+        for host in (LOOPBACK, "::1"):
+            result = await session.aquery(host, server.bound_ke_port)
+            assert result.authenticated
+            assert result.address == host
