@@ -41,15 +41,25 @@ workers = 2
 certificate = "{pki.cert_chain}"
 key = "{pki.key}"
 [keys]
-path = "{tmp_path / 'keys.json'}"
+path = "{tmp_path / "keys.json"}"
 [time]
 local_stratum = 10
 """
     )
     ready = tmp_path / "ready.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gnomon", "serve", "--config", str(config), "--ready-file", str(ready),
-         "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "gnomon",
+            "serve",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+            "--log-level",
+            "WARNING",
+        ],
     )
     try:
         deadline = time.monotonic() + 30
@@ -82,7 +92,9 @@ def _ask(sock: socket.socket, port: int, timeout: float) -> bool:
     return header.mode == 4 and header.origin_ts == PLAIN_REQUEST_TRANSMIT
 
 
-def test_killed_worker_is_replaced_and_port_keeps_answering(supervised_server: dict[str, object]) -> None:
+def test_killed_worker_is_replaced_and_port_keeps_answering(
+    supervised_server: dict[str, object],
+) -> None:
     port = int(supervised_server["ntp_port"])  # type: ignore[call-overload]
     supervisor = int(supervised_server["supervisor"])  # type: ignore[call-overload]
     pids: dict[str, int] = supervised_server["pids"]  # type: ignore[assignment]
@@ -111,7 +123,8 @@ def test_killed_worker_is_replaced_and_port_keeps_answering(supervised_server: d
         assert all(_ask(c, port, 2.0) for c in clients), "a client is not answered after restart"
         # NTS still works end to end through the replaced worker set.
         result = gnomon.Session(ca_file=str(supervised_server["ca"])).query(
-            "127.0.0.1", int(supervised_server["ke_port"])  # type: ignore[call-overload]
+            "127.0.0.1",
+            int(supervised_server["ke_port"]),  # type: ignore[call-overload]
         )
         assert result.authenticated and result.stratum == 10
     finally:
