@@ -59,10 +59,20 @@ class CookieCodec:
         return frozenset(self._ciphers)
 
     def seal(self, aead_id: int, c2s: bytes, s2c: bytes, nonce: bytes | None = None) -> bytes:
-        nonce = os.urandom(NONCE_LEN) if nonce is None else nonce
+        return self.seal_many(aead_id, c2s, s2c, os.urandom(NONCE_LEN) if nonce is None else nonce)[
+            0
+        ]
+
+    def seal_many(self, aead_id: int, c2s: bytes, s2c: bytes, nonces: bytes) -> list[bytes]:
+        """One cookie per 12 bytes of ``nonces`` (random bytes the caller drew at once)."""
         plaintext = _PLAIN_HEADER.pack(aead_id, 0) + c2s + s2c
         prefix = self._current_prefix
-        return prefix + nonce + self._current.encrypt(nonce, plaintext, prefix)
+        encrypt = self._current.encrypt
+        cookies = []
+        for start in range(0, len(nonces) - NONCE_LEN + 1, NONCE_LEN):
+            nonce = nonces[start : start + NONCE_LEN]
+            cookies.append(prefix + nonce + encrypt(nonce, plaintext, prefix))
+        return cookies
 
     def open(self, cookie: bytes) -> tuple[int, bytes, bytes] | None:
         """(aead id, C2S, S2C), or None for a cookie this server cannot use."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AuthenticationError, NtpFormatError
 from .aead import AES_128_GCM_SIV, Aead, Exporter, derive_keys
+from .cookie import NONCE_LEN as COOKIE_NONCE_LEN
 from .cookie import CookieCodec
 from .ke import (
     MAX_COOKIES,
@@ -261,14 +262,15 @@ class NtpResponder:
             if ef.type == EF_NTS_COOKIE_PLACEHOLDER and len(ef.body) == cookie_length
         )
         count = min(1 + wanted, MAX_COOKIES)
-        seal = self.codec.seal
         cookie_head = _EF_HEAD.pack(EF_NTS_COOKIE, 4 + cookie_length)
         head = self._header(data, receive_ns, transmit_ns) + uid_field
         s2c_aead = self._keys.get(aead_id, s2c)
-        nonce = os.urandom(s2c_aead.algorithm.nonce_length)
+        nonce_length = s2c_aead.algorithm.nonce_length
+        randomness = os.urandom(nonce_length + COOKIE_NONCE_LEN * count)
+        sealed = self.codec.seal_many(aead_id, c2s, s2c, randomness[nonce_length:])
         while True:
-            cookies = b"".join([cookie_head + seal(aead_id, c2s, s2c) for _ in range(count)])
-            reply = head + encode_authenticator(s2c_aead, nonce, head, cookies)
+            cookies = b"".join([cookie_head + c for c in sealed[:count]])
+            reply = head + encode_authenticator(s2c_aead, randomness[:nonce_length], head, cookies)
             if len(reply) <= len(data):
                 self.counters.nts += 1
                 return reply
