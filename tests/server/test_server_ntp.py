@@ -44,7 +44,7 @@ def session(codec: CookieCodec, aead: int = AES_128_GCM_SIV) -> tuple[bytes, byt
 
 
 def respond(responder: NtpResponder, data: bytes) -> bytes | None:
-    return responder.respond(data, RECEIVE, TRANSMIT)
+    return responder.respond(data, RECEIVE, lambda: TRANSMIT)
 
 
 # --- plain NTP ---------------------------------------------------------------------------

@@ -113,8 +113,11 @@ class _KeyCache:
 class NtpResponder:
     """Answers NTP client requests, plain or NTS-protected.
 
-    ``respond(data, receive_ns, transmit_ns)`` returns the reply bytes or None
-    to drop. A reply is never longer than its request (no amplification).
+    ``respond(data, receive_ns, clock)`` returns the reply bytes or None to
+    drop. ``clock()`` gives the transmit timestamp (Unix ns); it is read as
+    late as possible, after the cookies are sealed and just before the final
+    authenticator, so the server's own work is not counted as network delay.
+    A reply is never longer than its request (no amplification).
     This is the per-packet path: it scans extension fields in place rather
     than building objects, and keeps AEAD objects per key.
     """
@@ -166,7 +169,7 @@ class NtpResponder:
             )
         )
 
-    def respond(self, data: bytes, receive_ns: int, transmit_ns: int) -> bytes | None:
+    def respond(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes | None:
         length = len(data)
         if length < HEADER_LEN:
             self.counters.malformed += 1
@@ -180,7 +183,7 @@ class NtpResponder:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1
-            return self._header(data, receive_ns, transmit_ns)
+            return self._header(data, receive_ns, clock())
         # Scan extension fields up to the authenticator (RFC 7822 framing).
         unique_id = cookie = None
         placeholder_lengths: list[int] = []
@@ -219,12 +222,12 @@ class NtpResponder:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1  # unknown extensions: answer the header only
-            return self._header(data, receive_ns, transmit_ns)
+            return self._header(data, receive_ns, clock())
         if unique_id is None or len(unique_id) < MIN_UNIQUE_ID_LEN or cookie is None:
             self.counters.malformed += 1
             return None
         return self._respond_nts(
-            data, auth_at, unique_id, cookie, placeholder_lengths, receive_ns, transmit_ns
+            data, auth_at, unique_id, cookie, placeholder_lengths, receive_ns, clock
         )
 
     def _respond_nts(
@@ -235,12 +238,12 @@ class NtpResponder:
         cookie: bytes,
         placeholder_lengths: list[int],
         receive_ns: int,
-        transmit_ns: int,
+        clock: Callable[[], int],
     ) -> bytes | None:
         uid_field = _EF_HEAD.pack(EF_UNIQUE_IDENTIFIER, 4 + len(unique_id)) + unique_id
         opened = self.codec.open(cookie)
         if opened is None:
-            return self._nak(data, uid_field, receive_ns, transmit_ns)
+            return self._nak(data, uid_field, receive_ns, clock())
         aead_id, c2s, s2c = opened
         auth_length = _EF_HEAD.unpack_from(data, auth_at)[1]
         try:
@@ -252,7 +255,7 @@ class NtpResponder:
             )
             encrypted = parse_encrypted_fields(plaintext) if plaintext else ()
         except (AuthenticationError, NtpFormatError):
-            return self._nak(data, uid_field, receive_ns, transmit_ns)
+            return self._nak(data, uid_field, receive_ns, clock())
         # RFC 8915 5.7: one cookie, plus one per placeholder no shorter than the
         # cookie; we also insist on equal length so the reply never grows.
         cookie_length = len(cookie)
@@ -263,11 +266,11 @@ class NtpResponder:
         )
         count = min(1 + wanted, MAX_COOKIES)
         cookie_head = _EF_HEAD.pack(EF_NTS_COOKIE, 4 + cookie_length)
-        head = self._header(data, receive_ns, transmit_ns) + uid_field
         s2c_aead = self._keys.get(aead_id, s2c)
         nonce_length = s2c_aead.algorithm.nonce_length
         randomness = os.urandom(nonce_length + COOKIE_NONCE_LEN * count)
         sealed = self.codec.seal_many(aead_id, c2s, s2c, randomness[nonce_length:])
+        head = self._header(data, receive_ns, clock()) + uid_field
         while True:
             cookies = b"".join([cookie_head + c for c in sealed[:count]])
             reply = head + encode_authenticator(s2c_aead, randomness[:nonce_length], head, cookies)

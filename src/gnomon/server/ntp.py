@@ -65,7 +65,7 @@ class NtpService:
             else:
                 received = time_ns()
             try:
-                reply = respond(data, received, time_ns())
+                reply = respond(data, received, time_ns)
             except Exception:  # a bug must cost one packet, never the worker
                 self.errors += 1
                 log.exception("NTP request from %s failed", address)

@@ -92,8 +92,9 @@ class Supervisor:
         self.config = config
         self.log_level = log_level
         self.on_ready = on_ready
-        self.workers = [_Worker("ntp", i) for i in range(ntp_workers)]
-        self.workers += [_Worker("ke", i) for i in range(ke_workers)]
+        # NTS-KE first: a client NAKed by a fresh NTP worker must find KE listening.
+        self.workers = [_Worker("ke", i) for i in range(ke_workers)]
+        self.workers += [_Worker("ntp", i) for i in range(ntp_workers)]
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
         self.restarts = 0

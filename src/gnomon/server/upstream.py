@@ -33,6 +33,9 @@ from ..proto.server import TimeSource
 
 log = logging.getLogger("gnomon.upstream")
 
+# The conventional reference id of an undisciplined local clock (127.127.1.1, as chrony).
+LOCAL_CLOCK_ID = b"\x7f\x7f\x01\x01"
+
 
 def reference_id_for(address: str) -> bytes:
     """RFC 5905 7.3: an IPv4 address, or the first 4 bytes of the MD5 of an IPv6 one."""
@@ -45,7 +48,7 @@ def reference_id_for(address: str) -> bytes:
 def local_time_source(stratum: int, now_ns: int) -> TimeSource:
     """An operator-declared local clock (like chrony's ``local stratum``)."""
     return TimeSource(
-        leap=0, stratum=stratum, reference_id=b"LOCL", reference_ts=unix_ns_to_ntp(now_ns)
+        leap=0, stratum=stratum, reference_id=LOCAL_CLOCK_ID, reference_ts=unix_ns_to_ntp(now_ns)
     )
 
 
