@@ -142,12 +142,15 @@ class KeyRing:
         self.policy = policy
         self._period: int | None = None
         self._codec: CookieCodec | None = None
+        self._generation: object = None
 
     def codec(self, now: float) -> CookieCodec:
         period = self.policy.period_of(now)
-        if self._codec is None or period != self._period:
+        generation = getattr(self.store, "generation", None)  # a shared store learnt new keys
+        if self._codec is None or period != self._period or generation != self._generation:
             self._codec = self._build(period)
             self._period = period
+            self._generation = generation
         return self._codec
 
     @property
@@ -157,8 +160,9 @@ class KeyRing:
     def _build(self, period: int) -> CookieCodec:
         oldest = max(0, period - self.policy.keep_old)
         ids = list(range(oldest, period + 2))  # previous ones, current, next
-        secrets = self.store.get_or_create(ids)
+        secrets = self.store.get_or_create(ids)  # a shared store may lack some in an outage
         self.store.prune(oldest)
-        log.info("cookie key %d in force (%d accepted)", period, len(ids))
-        accepted = [CookieKey(i, secrets[i]) for i in ids if i != period]
+        if period != self._period:
+            log.info("cookie key %d in force (%d accepted)", period, len(secrets))
+        accepted = [CookieKey(i, secret) for i, secret in secrets.items() if i != period]
         return CookieCodec(CookieKey(period, secrets[period]), accepted)

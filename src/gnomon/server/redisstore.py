@@ -255,6 +255,7 @@ class RedisKeyStore:
                 del self._keys[key_id]
                 del self._seeds[key_id]
             self._reported = {r for r in self._reported if r[0] >= oldest_kept}
+            self._last_ids = [i for i in self._last_ids if i >= oldest_kept]
 
     # --- periodic refresh, status ---
 
