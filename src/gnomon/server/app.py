@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from ..proto.cookie import CookieCodec
 from ..proto.server import KeResponder, NtpResponder, TimeSource
 from .certificates import CertificateSource
-from .config import ServerConfig, split_host_port
+from .config import ServerConfig, read_fleet_secret, split_host_port
 from .ke import KeLimits, KeService
 from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
 from .ntp import NtpService, open_ntp_socket
+from .redisstore import RedisKeyStore
 from .upstream import UpstreamPoller, local_time_source
 
 log = logging.getLogger("gnomon.server")
@@ -33,6 +34,41 @@ def initial_time_source(config: ServerConfig) -> TimeSource:
     if config.local_stratum is not None:
         return local_time_source(config.local_stratum, time.time_ns())
     return TimeSource()  # unsynchronised until an upstream says otherwise
+
+
+SHARED_KEY_REFRESH = 5.0  # seconds between reads of a shared key store
+
+
+def roles_of(config: ServerConfig) -> frozenset[str]:
+    return ROLES if config.role == "both" else frozenset({config.role})
+
+
+def make_key_store(config: ServerConfig) -> KeyStore:
+    """The key store the configuration names (Redis for a fleet, a file, or memory)."""
+    if config.key_store == "redis":
+        assert config.redis_url is not None and config.fleet_secret_file is not None
+        store = RedisKeyStore.connect(
+            config.redis_url,
+            read_fleet_secret(config.fleet_secret_file),
+            period=config.rotation_period,
+            keep_old=config.keep_old,
+            fleet=config.fleet,
+        )
+        store.refresh()  # a store that cannot reach Redis yet holds no key: start fails below
+        return store
+    if config.key_path is not None:
+        return FileKeyStore(config.key_path)
+    return MemoryKeyStore()
+
+
+def check_key_store(config: ServerConfig) -> None:
+    """Fail now, in one line, if the configured store cannot give the current key."""
+    store = make_key_store(config)
+    try:
+        KeyRing(store, RotationPolicy(config.rotation_period, config.keep_old)).codec(time.time())
+    finally:
+        if isinstance(store, RedisKeyStore):
+            store.close()
 
 
 @dataclass
@@ -50,12 +86,10 @@ class Server:
 
     def __post_init__(self) -> None:
         config = self.config
-        assert config.certificate is not None and config.key is not None
-        self.certificates = CertificateSource(config.certificate, config.key)
-        store = self.key_store or (
-            FileKeyStore(config.key_path) if config.key_path else MemoryKeyStore()
-        )
-        self.keys = KeyRing(store, RotationPolicy(config.rotation_period, config.keep_old))
+        if self.roles is ROLES:
+            self.roles = roles_of(config)
+        self.key_store = self.key_store or make_key_store(config)
+        self.keys = KeyRing(self.key_store, RotationPolicy(config.rotation_period, config.keep_old))
         self.ntp = NtpResponder(
             self.keys.codec(time.time()),
             initial_time_source(config),
@@ -70,9 +104,13 @@ class Server:
             ntp_server=config.advertised_server,
             ntp_port=advertised_port,
         )
-        self.ke_service = KeService(
-            self.ke, self.certificates, KeLimits(config.ke_timeout, config.ke_max_connections)
-        )
+        self.certificates: CertificateSource | None = None
+        self.ke_service: KeService | None = None
+        if "ke" in self.roles:
+            assert config.certificate is not None and config.key is not None
+            self.certificates = CertificateSource(config.certificate, config.key)
+            limits = KeLimits(config.ke_timeout, config.ke_max_connections)
+            self.ke_service = KeService(self.ke, self.certificates, limits)
         self._stop: asyncio.Event | None = None
 
     def _codec(self) -> CookieCodec:
@@ -109,7 +147,7 @@ class Server:
                     service = NtpService(self.ntp, sock)
                     service.attach(loop)
                     self.ntp_services.append(service)
-            if "ke" in self.roles:
+            if self.ke_service is not None:
                 ke_port = config.ke_port
                 for host in config.listen:
                     server = await self.ke_service.listen(host, ke_port, reuse_port=self.reuse_port)
@@ -117,6 +155,8 @@ class Server:
                     servers.append(server)
                 self.bound_ke_port = ke_port
             tasks.append(asyncio.create_task(self._rotate_keys()))
+            if isinstance(self.key_store, RedisKeyStore):
+                tasks.append(asyncio.create_task(self._refresh_shared_keys(self.key_store)))
             if config.upstream and "ntp" in self.roles:
                 host, port = split_host_port(config.upstream, 123)
                 poller = UpstreamPoller(
@@ -152,6 +192,13 @@ class Server:
                 server.close()
             self.ntp_services.clear()
             log.info("stopped")
+
+    async def _refresh_shared_keys(self, store: RedisKeyStore) -> None:
+        """Pick up a fleet's keys within seconds, also after a store outage."""
+        while True:
+            await asyncio.sleep(SHARED_KEY_REFRESH)
+            await asyncio.to_thread(store.refresh)
+            self._codec()
 
     async def _rotate_keys(self) -> None:
         while True:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GnomonError
-from .config import EXAMPLE, ServerConfig, load_config
+from .config import EXAMPLE, ServerConfig, load_config, read_fleet_secret
 
 
 def add_server_commands(commands: Any) -> None:
@@ -54,10 +54,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from .certificates import load_server_context
         from .keys import FileKeyStore
 
-        assert config.certificate is not None and config.key is not None
-        load_server_context(config.certificate, config.key)
-        if config.key_path is not None:
+        if config.role != "ntp":
+            assert config.certificate is not None and config.key is not None
+            load_server_context(config.certificate, config.key)
+        if config.key_store == "file" and config.key_path is not None:
             FileKeyStore(config.key_path)
+        if config.key_store == "redis":
+            assert config.fleet_secret_file is not None
+            read_fleet_secret(config.fleet_secret_file)
     except GnomonError as exc:
         print(f"gnomon: {exc}", file=sys.stderr)
         return 2
@@ -139,20 +143,20 @@ def run_server(
 
         asyncio.run(Server(config, ready=single).run())
         return
+    from .app import check_key_store
     from .certificates import load_server_context
-    from .keys import FileKeyStore
     from .supervisor import Supervisor
 
     # Workers start in fresh processes: find bad files here, where one line can say so.
-    assert config.certificate is not None and config.key is not None
-    load_server_context(config.certificate, config.key)
-    if config.key_path is not None:
-        FileKeyStore(config.key_path)
+    if config.role != "ntp":
+        assert config.certificate is not None and config.key is not None
+        load_server_context(config.certificate, config.key)
+    check_key_store(config)
 
     Supervisor(
         config,
-        ntp_workers=config.workers,
-        ke_workers=config.ke_workers,
+        ntp_workers=0 if config.role == "ke" else config.workers,
+        ke_workers=0 if config.role == "ntp" else config.ke_workers,
         log_level=level,
         on_ready=ready,
     ).run()

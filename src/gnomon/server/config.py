@@ -18,6 +18,7 @@ from ..proto.ke import parse_server_name
 EXAMPLE = """\
 # gnomon server configuration
 [server]
+role = "both"                # "both", "ke" (NTS-KE only) or "ntp" (NTP only)
 listen = ["0.0.0.0", "::"]   # addresses for NTP and NTS-KE
 ntp_port = 123
 ke_port = 4460
@@ -35,9 +36,13 @@ aeads = [30, 15]             # server preference, among what the client offers
 # ntp_port = 123                    # Port Negotiation record
 
 [keys]
-path = "/var/lib/gnomon/keys.json"   # cookie master keys, mode 0600
+store = "file"                       # "file" (one machine) or "redis" (a fleet)
+path = "/var/lib/gnomon/keys.json"   # file store: cookie master keys, mode 0600
 rotation_period = 86400              # seconds
 keep_old = 7
+# redis_url = "redis://10.0.0.5:6379/0"        # redis store: shared seeds
+# fleet = "default"                            # one key ring per fleet name
+# fleet_secret_file = "/etc/gnomon/fleet.key"  # >= 32 random bytes, same on every server
 
 [time]
 # upstream = "127.0.0.1:123"   # where stratum and leap come from (e.g. local chronyd)
@@ -52,6 +57,7 @@ max_connections = 256
 
 @dataclass(frozen=True)
 class ServerConfig:
+    role: str = "both"
     listen: tuple[str, ...] = ("127.0.0.1",)
     ntp_port: int = 123
     ke_port: int = 4460
@@ -66,6 +72,10 @@ class ServerConfig:
     key_path: Path | None = None
     rotation_period: int = 86_400
     keep_old: int = 7
+    key_store: str = "file"
+    redis_url: str | None = None
+    fleet: str = "default"
+    fleet_secret_file: Path | None = None
     upstream: str | None = None
     local_stratum: int | None = None
     hold: float = 300.0
@@ -75,6 +85,7 @@ class ServerConfig:
 
 _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "server": {
+        "role": ("role", str),
         "listen": ("listen", list),
         "ntp_port": ("ntp_port", int),
         "ke_port": ("ke_port", int),
@@ -92,6 +103,10 @@ _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "path": ("key_path", str),
         "rotation_period": ("rotation_period", int),
         "keep_old": ("keep_old", int),
+        "store": ("key_store", str),
+        "redis_url": ("redis_url", str),
+        "fleet": ("fleet", str),
+        "fleet_secret_file": ("fleet_secret_file", str),
     },
     "time": {
         "upstream": ("upstream", str),
@@ -155,7 +170,7 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
         if not aeads or bad:
             raise ConfigError(f"{source}: nts.aeads must list ids among {sorted(ALGORITHMS)}")
         values["aeads"] = tuple(aeads)
-    for attribute in ("certificate", "key", "key_path"):
+    for attribute in ("certificate", "key", "key_path", "fleet_secret_file"):
         if attribute in values:
             values[attribute] = Path(values[attribute])
     if values.get("rotation_period", 86_400) < 60:
@@ -189,9 +204,29 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
         raise ConfigError(f"{source}: ke.timeout must be positive")
     if values.get("ke_max_connections", 1) < 1:
         raise ConfigError(f"{source}: ke.max_connections must be at least 1")
+    if values.get("role", "both") not in ("both", "ke", "ntp"):
+        raise ConfigError(f'{source}: server.role must be "both", "ke" or "ntp"')
+    if values.get("key_store", "file") not in ("file", "redis"):
+        raise ConfigError(f'{source}: keys.store must be "file" or "redis"')
     config = ServerConfig(**values)
-    if config.certificate is None or config.key is None:
-        raise ConfigError(f"{source}: tls.certificate and tls.key are required")
+    if config.role != "ntp" and (config.certificate is None or config.key is None):
+        raise ConfigError(f"{source}: tls.certificate and tls.key are required for NTS-KE")
+    if config.role == "ke" and config.advertised_server is None:
+        raise ConfigError(
+            f'{source}: nts.ntp_server is required with server.role = "ke" '
+            "(clients must learn where NTP is served)"
+        )
+    if config.key_store == "redis":
+        if config.redis_url is None or config.fleet_secret_file is None:
+            raise ConfigError(
+                f'{source}: keys.store = "redis" needs keys.redis_url and keys.fleet_secret_file'
+            )
+        if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"{source}: keys.redis_url: {config.redis_url!r} is not a redis:// URL"
+            )
+        if not config.fleet or " " in config.fleet:
+            raise ConfigError(f"{source}: keys.fleet must be a name without spaces")
     return config
 
 
@@ -211,6 +246,22 @@ def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
     if not 0 < number < 65536:
         raise ValueError(f"{spec!r} has no valid port")
     return host, number
+
+
+def read_fleet_secret(path: Path) -> bytes:
+    """The fleet secret: at least 32 bytes, readable by the owner only."""
+    try:
+        mode = path.stat().st_mode
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read fleet secret file {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"fleet secret file {path} must not be readable by others (chmod 600)")
+    if len(secret) < 32:
+        raise ConfigError(
+            f"fleet secret file {path} holds {len(secret)} bytes; it needs at least 32"
+        )
+    return secret
 
 
 def load_config(path: str | Path) -> ServerConfig:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, GnomonError
 from ..proto.cookie import MASTER_KEY_LEN, CookieCodec, CookieKey
 from ..session import write_private_file
 
@@ -148,7 +148,15 @@ class KeyRing:
         period = self.policy.period_of(now)
         generation = getattr(self.store, "generation", None)  # a shared store learnt new keys
         if self._codec is None or period != self._period or generation != self._generation:
-            self._codec = self._build(period)
+            try:
+                self._codec = self._build(period)
+            except GnomonError as exc:
+                if self._codec is None:
+                    raise
+                # Keep serving with the keys held (they stay valid for keep_old periods);
+                # the store is asked again on the next call.
+                log.warning("cookie keys not refreshed, keeping key %s: %s", self._period, exc)
+                return self._codec
             self._period = period
             self._generation = generation
         return self._codec
