@@ -286,7 +286,7 @@ def test_garbage_seed_is_not_used(redis_server: RedisServer, make_store: MakeSto
         client.close()
 
 
-def test_changed_seed_keeps_the_key_in_use(
+def test_changed_seed_keeps_keys_in_use_and_adopts_the_future_one(
     redis_server: RedisServer, make_store: MakeStore
 ) -> None:
     ids = window(period_now())
@@ -300,8 +300,12 @@ def test_changed_seed_keeps_the_key_in_use(
         client.close()
     assert all(other[i] != keys[i] for i in ids)
     assert a.refresh(now=ids[-2] * PERIOD)
-    assert a.conflicts == len(ids)
-    assert a.get_or_create(ids) == keys  # one id, one key, for this server's lifetime
+    # Keys in force or past keep their cookies valid: one id, one key, for this server's
+    # lifetime. The future key seals nothing yet, so the fleet's seed is adopted for it.
+    assert a.conflicts == len(ids) - 1
+    after = a.get_or_create(ids)
+    assert {i: after[i] for i in ids[:-1]} == {i: keys[i] for i in ids[:-1]}
+    assert after[ids[-1]] == other[ids[-1]]
     assert a.last_error and "differs" in a.last_error
 
 

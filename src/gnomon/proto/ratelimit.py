@@ -56,11 +56,13 @@ What an attacker spoofing many source addresses can and cannot do:
   amplification in bytes either.
 * By flooding faster than the threshold above (with distinct prefixes: one
   IPv6 /48 holds 65536 /64s) it *can* churn the table so that buckets are
-  forgotten; a client that also uses its own address then gets a fresh burst
-  after every ``max_entries // 2`` spoofed prefixes, i.e. the flood costs
-  tens of thousands of packets per extra ``burst`` answers. The limiter fails
-  open here rather than shutting out new clients, which is what a cheap
-  flood would otherwise achieve.
+  forgotten. A client that sends ``max_entries // 2`` to ``max_entries``
+  packets from other prefixes between two bursts from its own finds its
+  bucket gone and gets a fresh burst: tens of thousands of packets per extra
+  ``burst`` answers with the defaults. A client that stays busy on its own
+  address is never evicted: only prefixes left alone for a whole generation
+  are. The limiter fails open here rather than shutting out new clients,
+  which is what a cheap flood would otherwise achieve.
 * By spoofing one victim's address it can empty that victim's bucket; the
   victim then gets only the leaked fraction of answers (kisses by default)
   until the flood stops. Clients sharing a prefix (an IPv6 /64, a NAT) share
@@ -131,6 +133,8 @@ class RateLimiter:
         "_current",
         "_generation",
         "_interval",
+        "_keys",
+        "_keys_size",
         "_leak_burst",
         "_leak_p",
         "_leak_spacing",
@@ -194,6 +198,9 @@ class RateLimiter:
         self._generation = max_entries // 2
         self._current: dict[int, float] = {}
         self._previous: dict[int, float] = {}
+        # Address string -> key, so a known client costs a lookup, not a parse.
+        self._keys: dict[str, int] = {}
+        self._keys_size = min(max_entries, 4096)
         self._leak_p = 0.5**leak if leak else 0.0
         self._leak_verdict = KISS if kod else ALLOW
         self._random = (rng if rng is not None else random.Random()).random
@@ -253,8 +260,18 @@ class RateLimiter:
         return self._over_limit(now)
 
     def check_host(self, host: str, now: float) -> Verdict:
-        """:meth:`check` for ``key(host)``."""
-        return self.check(self.key(host), now)
+        """:meth:`check` for ``key(host)``, with the key cached per address string.
+
+        Raises ValueError if ``host`` is not an IP address.
+        """
+        key = self._keys.get(host)
+        if key is None:
+            key = self.key(host)
+            keys = self._keys
+            if len(keys) >= self._keys_size:
+                keys.clear()
+            keys[host] = key
+        return self.check(key, now)
 
     def _over_limit(self, now: float) -> Verdict:
         counters = self.counters

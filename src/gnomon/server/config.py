@@ -173,8 +173,8 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
     for attribute in ("certificate", "key", "key_path", "fleet_secret_file"):
         if attribute in values:
             values[attribute] = Path(values[attribute])
-    if values.get("rotation_period", 86_400) < 60:
-        raise ConfigError(f"{source}: keys.rotation_period must be at least 60 seconds")
+    if values.get("rotation_period", 86_400) < 10:
+        raise ConfigError(f"{source}: keys.rotation_period must be at least 10 seconds")
     if not 0 <= values.get("keep_old", 7) <= 1000:
         raise ConfigError(f"{source}: keys.keep_old must be between 0 and 1000")
     stratum = values.get("local_stratum")

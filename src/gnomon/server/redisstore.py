@@ -336,6 +336,18 @@ class RedisKeyStore:
                 return None
             if cached == get_reply:
                 return None
+            if key_id > int(time.time() // self.period) % (1 << 32):
+                # A future key seals nothing yet: take the fleet's seed, so servers that
+                # disagreed after Redis lost its data converge before the key is used.
+                self._seeds[key_id] = get_reply
+                self._keys[key_id] = derive_key(self._secret, key_id, get_reply)
+                self._gained = True
+                log.warning(
+                    "key store (fleet %r): adopted the fleet's seed for future key %d",
+                    self.fleet,
+                    key_id,
+                )
+                return None
             self.conflicts += 1
             problem = (
                 f"seed {key_id} in Redis differs from the one in use here (Redis lost its "

@@ -1,0 +1,181 @@
+"""A fleet on one machine: a KE-only host and two NTP-only hosts sharing keys through Redis.
+
+127.0.0.1 runs NTS-KE only and sends clients to 127.0.0.2 (Server Negotiation);
+127.0.0.2 and 127.0.0.3 run NTP only. A cookie from the KE host must work on both
+NTP hosts, across a key rotation, through a Redis outage, and after Redis returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gnomon.certs import DemoPki, make_demo_pki
+from gnomon.keclient import KeResult, ke_exchange
+from gnomon.ntpclient import Timing, ntp_exchange
+from gnomon.proto.client import Association
+from gnomon.tls import TrustStore
+from tests.peers.proc import free_port
+
+from .conftest import RedisServer
+
+PERIOD = 10  # seconds per cookie key: short, so the test sees rotations
+TIMING = Timing(timeout=3.0, retransmit=0.5, nak_grace=0.3)
+
+
+class FleetHost:
+    def __init__(self, name: str, config: Path, workdir: Path) -> None:
+        ready = workdir / f"{name}.ready"
+        self.log = workdir / f"{name}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gnomon", "serve", "--config", str(config),
+             "--ready-file", str(ready), "--log-level", "INFO"],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"{name} did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.info = json.loads(ready.read_text())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _config(
+    path: Path,
+    pki: DemoPki,
+    redis_url: str,
+    secret: Path,
+    *,
+    role: str,
+    address: str,
+    ke_port: int,
+    ntp_port: int,
+) -> Path:
+    path.write_text(
+        f"""
+[server]
+role = "{role}"
+listen = ["{address}"]
+ntp_port = {ntp_port}
+ke_port = {ke_port}
+[tls]
+certificate = "{pki.cert_chain}"
+key = "{pki.key}"
+[nts]
+aeads = [30, 15]
+ntp_server = "127.0.0.2"
+ntp_port = {ntp_port}
+[keys]
+store = "redis"
+redis_url = "{redis_url}"
+fleet = "test"
+fleet_secret_file = "{secret}"
+rotation_period = {PERIOD}
+keep_old = 2
+[time]
+local_stratum = 10
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, object]]:
+    pki = make_demo_pki(tmp_path / "pki", names=("localhost", "127.0.0.1"))
+    secret = tmp_path / "fleet.key"
+    secret.write_bytes(os.urandom(32).hex().encode())
+    secret.chmod(0o600)
+    ke_port = free_port("127.0.0.1", udp=False)
+    ntp_port = free_port("127.0.0.2", tcp=False)
+    hosts: list[FleetHost] = []
+    try:
+        for name, role, address in (
+            ("ke", "ke", "127.0.0.1"),
+            ("ntp2", "ntp", "127.0.0.2"),
+            ("ntp3", "ntp", "127.0.0.3"),
+        ):
+            config = _config(
+                tmp_path / f"{name}.toml",
+                pki,
+                redis_server.url,
+                secret,
+                role=role,
+                address=address,
+                ke_port=ke_port,
+                ntp_port=ntp_port,
+            )
+            hosts.append(FleetHost(name, config, tmp_path))
+        yield {"pki": pki, "ke_port": ke_port, "ntp_port": ntp_port, "hosts": hosts}
+    finally:
+        for host in hosts:
+            host.stop()
+
+
+def _key_exchange(fleet: dict[str, object]) -> KeResult:
+    pki: DemoPki = fleet["pki"]  # type: ignore[assignment]
+    return ke_exchange(
+        "localhost",
+        int(fleet["ke_port"]),  # type: ignore[call-overload]
+        trust=TrustStore.from_file(pki.ca_cert),
+    )
+
+
+def _works_on(ke: KeResult, host: str, port: int) -> bool:
+    association = Association(ke.response.aead, ke.c2s, ke.s2c, ke.response.cookies[:1])
+    sample, _ = ntp_exchange(association, host, port, TIMING)  # raises on NAK or timeout
+    return sample.stratum == 10 and sample.new_cookies >= 1
+
+
+def _wait_for_next_period() -> None:
+    now = time.time()
+    time.sleep(PERIOD - now % PERIOD + 0.5)
+
+
+def test_cookie_from_ke_host_works_on_every_ntp_host(
+    fleet: dict[str, object], redis_server: RedisServer
+) -> None:
+    port = int(fleet["ntp_port"])  # type: ignore[call-overload]
+    first = _key_exchange(fleet)
+    assert (first.ntp_host, first.ntp_port) == ("127.0.0.2", port)  # Server/Port Negotiation
+    assert _works_on(first, "127.0.0.2", port) and _works_on(first, "127.0.0.3", port)
+
+    # A rotation: new cookies carry the new key id; old and new work on both hosts.
+    _wait_for_next_period()
+    second = _key_exchange(fleet)
+    assert second.response.cookies[0][:4] != first.response.cookies[0][:4]
+    for ke in (first, second):
+        assert _works_on(ke, "127.0.0.2", port) and _works_on(ke, "127.0.0.3", port)
+
+    # Redis down: the fleet keeps serving with the keys it holds, KE included.
+    redis_server.stop()
+    during = _key_exchange(fleet)
+    for ke in (first, second, during):
+        assert _works_on(ke, "127.0.0.2", port) and _works_on(ke, "127.0.0.3", port)
+
+    # Redis back (empty): after the next rotation every host agrees on the new key.
+    redis_server.start()
+    time.sleep(6)  # a refresh (every 5 s) reaches Redis again
+    _wait_for_next_period()
+    after = _key_exchange(fleet)
+    assert after.response.cookies[0][:4] != second.response.cookies[0][:4]
+    assert _works_on(after, "127.0.0.2", port) and _works_on(after, "127.0.0.3", port)
+    hosts: list[FleetHost] = fleet["hosts"]  # type: ignore[assignment]
+    assert all(host.process.poll() is None for host in hosts)
