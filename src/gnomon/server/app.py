@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..proto.acl import Acl
 from ..proto.cookie import CookieCodec
+from ..proto.ratelimit import KeRateLimiter
 from ..proto.server import KeResponder, NtpResponder, TimeSource
 from .certificates import CertificateSource
 from .config import ServerConfig, read_fleet_secret, split_host_port
@@ -104,13 +106,20 @@ class Server:
             ntp_server=config.advertised_server,
             ntp_port=advertised_port,
         )
+        self.acl = Acl(allow=config.allow, deny=config.deny)
         self.certificates: CertificateSource | None = None
         self.ke_service: KeService | None = None
         if "ke" in self.roles:
             assert config.certificate is not None and config.key is not None
             self.certificates = CertificateSource(config.certificate, config.key)
             limits = KeLimits(config.ke_timeout, config.ke_max_connections)
-            self.ke_service = KeService(self.ke, self.certificates, limits)
+            self.ke_service = KeService(
+                self.ke,
+                self.certificates,
+                limits,
+                acl=self.acl,
+                rate_limiter=KeRateLimiter(config.ke_rate_interval, config.ke_rate_burst),
+            )
         self._stop: asyncio.Event | None = None
 
     def _codec(self) -> CookieCodec:

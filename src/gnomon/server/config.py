@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, KeProtocolError
+from ..proto.acl import Acl
 from ..proto.aead import ALGORITHMS
 from ..proto.ke import parse_server_name
 
@@ -52,6 +53,15 @@ hold = 300                     # seconds without upstream before going unsynchro
 [ke]
 timeout = 5.0
 max_connections = 256
+
+[limits]
+allow = []                   # CIDR networks served (empty: everyone not denied)
+deny = []                    # CIDR networks never served, for NTP and NTS-KE
+ntp_rate_limit = false       # per client address (/32, /64): RATE kisses past the limit
+ntp_rate_interval = 2.0      # seconds per request once the burst is spent
+ntp_rate_burst = 16
+ke_rate_interval = 6.0       # NTS-KE connections: one per 6 s per address after a burst
+ke_rate_burst = 20
 """
 
 
@@ -81,6 +91,13 @@ class ServerConfig:
     hold: float = 300.0
     ke_timeout: float = 5.0
     ke_max_connections: int = 256
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    ntp_rate_limit: bool = False
+    ntp_rate_interval: float = 2.0
+    ntp_rate_burst: int = 16
+    ke_rate_interval: float = 6.0
+    ke_rate_burst: int = 20
 
 
 _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
@@ -204,6 +221,19 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
         raise ConfigError(f"{source}: ke.timeout must be positive")
     if values.get("ke_max_connections", 1) < 1:
         raise ConfigError(f"{source}: ke.max_connections must be at least 1")
+    for name in ("allow", "deny"):
+        if name in values:
+            try:
+                Acl(**{name: values[name]})
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{source}: limits.{name}: {exc}") from None
+            values[name] = tuple(values[name])
+    for name in ("ntp_rate_interval", "ke_rate_interval"):
+        if values.get(name, 1) <= 0:
+            raise ConfigError(f"{source}: limits.{name} must be positive")
+    for name in ("ntp_rate_burst", "ke_rate_burst"):
+        if values.get(name, 1) < 1:
+            raise ConfigError(f"{source}: limits.{name} must be at least 1")
     if values.get("role", "both") not in ("both", "ke", "ntp"):
         raise ConfigError(f'{source}: server.role must be "both", "ke" or "ntp"')
     if values.get("key_store", "file") not in ("file", "redis"):

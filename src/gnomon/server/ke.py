@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from ..errors import GnomonError, KeProtocolError
+from ..proto.acl import Acl
 from ..proto.ke import ErrorCode, RecordStream
+from ..proto.ratelimit import KeRateLimiter
 from ..proto.server import KeResponder
 from ..tls import ALPN_NTSKE, TlsEngine
 from .certificates import CertificateSource
@@ -28,12 +31,24 @@ class KeLimits:
 
 
 class KeService:
-    def __init__(self, responder: KeResponder, certificates: CertificateSource, limits: KeLimits):
+    def __init__(
+        self,
+        responder: KeResponder,
+        certificates: CertificateSource,
+        limits: KeLimits,
+        *,
+        acl: Acl | None = None,
+        rate_limiter: KeRateLimiter | None = None,
+    ):
         self.responder = responder
         self.certificates = certificates
         self.limits = limits
+        self.acl = None if acl is None or acl.unrestricted else acl
+        self.rate_limiter = rate_limiter
         self.active = 0
-        self.rejected = 0
+        self.rejected = 0  # over the connection cap
+        self.denied = 0  # by the allow/deny lists
+        self.rate_limited = 0
         self.timeouts = 0
         self.tls_failures = 0
 
@@ -62,6 +77,18 @@ class _KeConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         service = self.service
+        if service.acl is not None or service.rate_limiter is not None:
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if peer else ""
+            if service.acl is not None and not service.acl.permits(host):
+                service.denied += 1
+                transport.abort()
+                return
+            limiter = service.rate_limiter
+            if limiter is not None and not limiter.allow_host(host, time.monotonic()):
+                service.rate_limited += 1
+                transport.abort()
+                return
         if service.active >= service.limits.max_connections:
             service.rejected += 1
             transport.abort()
