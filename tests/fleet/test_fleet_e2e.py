@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from gnomon.certs import DemoPki, make_demo_pki
 from gnomon.keclient import KeResult, ke_exchange
 from gnomon.ntpclient import Timing, ntp_exchange
 from gnomon.proto.client import Association
+from gnomon.server.status import fetch_metrics
 from gnomon.tls import TrustStore
 from tests.peers.proc import free_port
 
@@ -68,6 +69,7 @@ def _config(
     address: str,
     ke_port: int,
     ntp_port: int,
+    metrics_port: int,
 ) -> Path:
     path.write_text(
         f"""
@@ -92,6 +94,8 @@ rotation_period = {PERIOD}
 keep_old = 2
 [time]
 local_stratum = 10
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 """
     )
     return path
@@ -105,6 +109,7 @@ def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, objec
     secret.chmod(0o600)
     ke_port = free_port("127.0.0.1", udp=False)
     ntp_port = free_port("127.0.0.2", tcp=False)
+    metrics = {name: free_port("127.0.0.1", udp=False) for name in ("ke", "ntp2", "ntp3")}
     hosts: list[FleetHost] = []
     try:
         for name, role, address in (
@@ -121,9 +126,16 @@ def fleet(tmp_path: Path, redis_server: RedisServer) -> Iterator[dict[str, objec
                 address=address,
                 ke_port=ke_port,
                 ntp_port=ntp_port,
+                metrics_port=metrics[name],
             )
             hosts.append(FleetHost(name, config, tmp_path))
-        yield {"pki": pki, "ke_port": ke_port, "ntp_port": ntp_port, "hosts": hosts}
+        yield {
+            "pki": pki,
+            "ke_port": ke_port,
+            "ntp_port": ntp_port,
+            "hosts": hosts,
+            "metrics": {n: f"http://127.0.0.1:{p}/metrics" for n, p in metrics.items()},
+        }
     finally:
         for host in hosts:
             host.stop()
@@ -142,6 +154,19 @@ def _works_on(ke: KeResult, host: str, port: int) -> bool:
     association = Association(ke.response.aead, ke.c2s, ke.s2c, ke.response.cookies[:1])
     sample, _ = ntp_exchange(association, host, port, TIMING)  # raises on NAK or timeout
     return sample.stratum == 10 and sample.new_cookies >= 1
+
+
+def _store_reachable(url: str) -> float | None:
+    return fetch_metrics(url).get("gnomon_key_store_reachable", {}).get("")
+
+
+def _eventually(predicate: Callable[[], bool], timeout: float = 12.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.25)
+    return False
 
 
 def _wait_for_next_period() -> None:
@@ -164,15 +189,21 @@ def test_cookie_from_ke_host_works_on_every_ntp_host(
     for ke in (first, second):
         assert _works_on(ke, "127.0.0.2", port) and _works_on(ke, "127.0.0.3", port)
 
-    # Redis down: the fleet keeps serving with the keys it holds, KE included.
+    # Redis down: the fleet keeps serving with the keys it holds, KE included,
+    # and every host's metrics say the store is unreachable.
+    urls: dict[str, str] = fleet["metrics"]  # type: ignore[assignment]
+    assert all(_store_reachable(url) == 1 for url in urls.values())
     redis_server.stop()
     during = _key_exchange(fleet)
     for ke in (first, second, during):
         assert _works_on(ke, "127.0.0.2", port) and _works_on(ke, "127.0.0.3", port)
+    assert _eventually(lambda: all(_store_reachable(url) == 0 for url in urls.values()))
+    served = fetch_metrics(urls["ntp3"])["gnomon_ntp_requests_total"]
+    assert served.get("nts", 0) >= 3 and served.get("nak", 0) == 0
 
     # Redis back (empty): after the next rotation every host agrees on the new key.
     redis_server.start()
-    time.sleep(6)  # a refresh (every 5 s) reaches Redis again
+    assert _eventually(lambda: all(_store_reachable(url) == 1 for url in urls.values()))
     _wait_for_next_period()
     after = _key_exchange(fleet)
     assert after.response.cookies[0][:4] != second.response.cookies[0][:4]

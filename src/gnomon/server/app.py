@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import time
@@ -23,6 +24,7 @@ from .certificates import CertificateSource
 from .config import ServerConfig, read_fleet_secret, split_host_port
 from .ke import KeLimits, KeService
 from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
+from .metrics import MULTIPROC_ENV, MetricsExporter, serve_metrics
 from .ntp import NtpService, open_ntp_socket
 from .redisstore import RedisKeyStore
 from .upstream import UpstreamPoller, local_time_source
@@ -39,6 +41,7 @@ def initial_time_source(config: ServerConfig) -> TimeSource:
 
 
 SHARED_KEY_REFRESH = 5.0  # seconds between reads of a shared key store
+METRICS_INTERVAL = 1.0  # seconds between metric updates
 
 
 def roles_of(config: ServerConfig) -> frozenset[str]:
@@ -121,6 +124,7 @@ class Server:
                 rate_limiter=KeRateLimiter(config.ke_rate_interval, config.ke_rate_burst),
             )
         self._stop: asyncio.Event | None = None
+        self.poller: UpstreamPoller | None = None
 
     def _codec(self) -> CookieCodec:
         codec = self.keys.codec(time.time())
@@ -142,6 +146,7 @@ class Server:
         sockets: list[socket.socket] = []
         servers: list[asyncio.Server] = []
         tasks: list[asyncio.Task[None]] = []
+        stop_metrics: Callable[[], None] | None = None
         try:
             if "ntp" in self.roles:
                 ntp_port = config.ntp_port
@@ -168,14 +173,18 @@ class Server:
                 tasks.append(asyncio.create_task(self._refresh_shared_keys(self.key_store)))
             if config.upstream and "ntp" in self.roles:
                 host, port = split_host_port(config.upstream, 123)
-                poller = UpstreamPoller(
+                self.poller = UpstreamPoller(
                     host,
                     port,
                     self.publish_time_source,
                     hold=config.hold,
                     fallback=initial_time_source(config),
                 )
-                tasks.append(asyncio.create_task(poller.run()))
+                tasks.append(asyncio.create_task(self.poller.run()))
+            if config.metrics_listen is not None:
+                if MULTIPROC_ENV not in os.environ:  # one process: serve /metrics here
+                    stop_metrics = serve_metrics(config.metrics_listen, multiprocess=False)
+                tasks.append(asyncio.create_task(self._export_metrics()))
             for signum in (signal.SIGINT, signal.SIGTERM):
                 # Outside the main thread the owner stops us with stop().
                 with contextlib.suppress(RuntimeError, ValueError):
@@ -191,6 +200,8 @@ class Server:
                 self.ready(self)
             await self._stop.wait()
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             for task in tasks:
                 task.cancel()
             for service in self.ntp_services:
@@ -208,6 +219,12 @@ class Server:
             await asyncio.sleep(SHARED_KEY_REFRESH)
             await asyncio.to_thread(store.refresh)
             self._codec()
+
+    async def _export_metrics(self) -> None:
+        exporter = MetricsExporter(self)
+        while True:
+            exporter.update()
+            await asyncio.sleep(METRICS_INTERVAL)
 
     async def _rotate_keys(self) -> None:
         while True:

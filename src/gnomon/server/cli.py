@@ -40,9 +40,28 @@ def add_server_commands(commands: Any) -> None:
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     serve.set_defaults(handler=cmd_serve)
 
+    status = commands.add_parser("status", help="summarise a running server's metrics")
+    status.add_argument(
+        "--url",
+        default="http://127.0.0.1:9123/metrics",
+        help="the server's metrics endpoint ([metrics] listen)",
+    )
+    status.set_defaults(handler=cmd_status)
+
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", nargs="?", help="the file (prints an example when omitted)")
     check.set_defaults(handler=cmd_check_config)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import fetch_metrics, summarize
+
+    try:
+        print(summarize(fetch_metrics(args.url)))
+    except GnomonError as exc:
+        print(f"gnomon: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -54,6 +54,9 @@ hold = 300                     # seconds without upstream before going unsynchro
 timeout = 5.0
 max_connections = 256
 
+[metrics]
+# listen = "127.0.0.1:9123"  # Prometheus /metrics (and `gnomon status`); off when unset
+
 [limits]
 allow = []                   # CIDR networks served (empty: everyone not denied)
 deny = []                    # CIDR networks never served, for NTP and NTS-KE
@@ -91,6 +94,7 @@ class ServerConfig:
     hold: float = 300.0
     ke_timeout: float = 5.0
     ke_max_connections: int = 256
+    metrics_listen: str | None = None
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     ntp_rate_limit: bool = False
@@ -131,6 +135,16 @@ _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "hold": ("hold", (int, float)),
     },
     "ke": {"timeout": ("ke_timeout", (int, float)), "max_connections": ("ke_max_connections", int)},
+    "metrics": {"listen": ("metrics_listen", str)},
+    "limits": {
+        "allow": ("allow", list),
+        "deny": ("deny", list),
+        "ntp_rate_limit": ("ntp_rate_limit", bool),
+        "ntp_rate_interval": ("ntp_rate_interval", (int, float)),
+        "ntp_rate_burst": ("ntp_rate_burst", int),
+        "ke_rate_interval": ("ke_rate_interval", (int, float)),
+        "ke_rate_burst": ("ke_rate_burst", int),
+    },
 }
 
 
@@ -197,6 +211,11 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
     stratum = values.get("local_stratum")
     if stratum is not None and not 1 <= stratum <= 15:
         raise ConfigError(f"{source}: time.local_stratum must be between 1 and 15")
+    if values.get("metrics_listen") is not None:
+        try:
+            split_host_port(values["metrics_listen"], 9123)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: metrics.listen: {exc}") from None
     advertised = values.get("advertised_server")
     if advertised is not None:
         try:

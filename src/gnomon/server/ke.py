@@ -52,6 +52,15 @@ class KeService:
         self.timeouts = 0
         self.tls_failures = 0
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "tls_failure": self.tls_failures,
+            "timeout": self.timeouts,
+            "over_capacity": self.rejected,
+            "denied": self.denied,
+            "rate_limited": self.rate_limited,
+        }
+
     def protocol(self) -> asyncio.Protocol:
         return _KeConnection(self)
 

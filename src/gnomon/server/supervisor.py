@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -24,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from .config import ServerConfig
+from .metrics import MULTIPROC_ENV, mark_worker_dead, prepare_multiprocess_dir, serve_metrics
 
 log = logging.getLogger("gnomon.supervisor")
 
@@ -133,6 +135,20 @@ class Supervisor:
 
     def _run(self) -> None:
         self.config, held = reserve_ports(self.config)
+        stop_metrics: Callable[[], None] | None = None
+        if self.config.metrics_listen is not None:
+            # Before any worker starts, so every process writes to the same folder.
+            scratch = tempfile.mkdtemp(prefix="gnomon-metrics-")
+            prepare_multiprocess_dir(scratch)
+            stop_metrics = serve_metrics(self.config.metrics_listen, multiprocess=True)
+        try:
+            self._run_workers(held)
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
+                shutil.rmtree(os.environ.pop(MULTIPROC_ENV, ""), ignore_errors=True)
+
+    def _run_workers(self, held: list[socket.socket]) -> None:
         stop_reader, stop_writer = socket.socketpair()
         stop_writer.setblocking(False)
 
@@ -182,6 +198,8 @@ class Supervisor:
                     if time.monotonic() - worker.started < RESTART_DELAY:
                         time.sleep(RESTART_DELAY)  # no busy loop on a worker that cannot start
                     self.restarts += 1
+                    if process.pid is not None:
+                        mark_worker_dead(process.pid)
                     try:
                         self._start(worker)
                     except RuntimeError as exc:

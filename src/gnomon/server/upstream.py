@@ -54,8 +54,9 @@ def local_time_source(stratum: int, now_ns: int) -> TimeSource:
 
 def time_source_from(
     response: bytes, address: str, sent_ns: int, received_ns: int, origin: int
-) -> TimeSource | None:
-    """What to announce after an upstream answer, or None if the answer is unusable."""
+) -> tuple[TimeSource, float] | None:
+    """What to announce after an upstream answer, and the offset to the upstream
+    (seconds), or None if the answer is unusable."""
     try:
         header = NtpHeader.decode(response)
     except Exception:
@@ -67,7 +68,8 @@ def time_source_from(
     t2 = ntp_to_unix_ns(header.receive_ts, sent_ns)
     t3 = ntp_to_unix_ns(header.transmit_ts, sent_ns)
     delay = max(0, (received_ns - sent_ns) - (t3 - t2)) / 1e9
-    return TimeSource(
+    offset = ((t2 - sent_ns) + (t3 - received_ns)) / 2e9
+    source = TimeSource(
         leap=header.leap,
         stratum=header.stratum + 1,
         precision=-20,
@@ -76,6 +78,7 @@ def time_source_from(
         reference_id=reference_id_for(address),
         reference_ts=unix_ns_to_ntp(received_ns),
     )
+    return source, offset
 
 
 @dataclass
@@ -90,6 +93,7 @@ class UpstreamPoller:
     timeout: float = 1.0
     fallback: TimeSource = field(default_factory=TimeSource)
     last_success: float | None = None
+    last_offset: float | None = None  # seconds, upstream minus local, at the last good poll
     synchronized: bool = False
 
     async def run(self) -> None:
@@ -98,9 +102,10 @@ class UpstreamPoller:
             await asyncio.sleep(self.interval)
 
     async def poll_once(self) -> None:
-        source = await asyncio.to_thread(self._query)
+        answer = await asyncio.to_thread(self._query)
         now = time.monotonic()
-        if source is not None:
+        if answer is not None:
+            source, self.last_offset = answer
             self.last_success = now
             if not self.synchronized:
                 log.info(
@@ -117,7 +122,7 @@ class UpstreamPoller:
             self.synchronized = False
             self.publish(self.fallback)
 
-    def _query(self) -> TimeSource | None:
+    def _query(self) -> tuple[TimeSource, float] | None:
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
             family, _, _, _, address = infos[0]

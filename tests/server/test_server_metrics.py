@@ -1,0 +1,93 @@
+"""The Prometheus endpoint, scraped while a supervised server (several processes) works."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gnomon
+from gnomon.certs import DemoPki
+from gnomon.proto.ntp import NtpHeader
+from gnomon.server.status import fetch_metrics, summarize
+from tests.peers.proc import free_port
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_metrics_count_what_the_workers_did(tmp_path: Path, pki: DemoPki) -> None:
+    metrics_port = free_port("127.0.0.1", udp=False)
+    config = tmp_path / "gnomon.toml"
+    config.write_text(
+        f"""
+[server]
+listen = ["127.0.0.1"]
+ntp_port = 0
+ke_port = 0
+workers = 2
+[tls]
+certificate = "{pki.cert_chain}"
+key = "{pki.key}"
+[keys]
+path = "{tmp_path / "keys.json"}"
+[time]
+local_stratum = 10
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"""
+    )
+    ready = tmp_path / "ready.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gnomon", "serve", "--config", str(config),
+         "--ready-file", str(ready), "--log-level", "WARNING"],
+    )  # fmt: skip
+    try:
+        assert _wait_for(ready.exists, 30), "server did not start"
+        info = json.loads(ready.read_text())
+        session = gnomon.Session(ca_file=pki.ca_cert)
+        for _ in range(3):
+            assert session.query("127.0.0.1", info["ke_port"]).authenticated
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(2)
+            sock.sendto(NtpHeader(transmit_ts=1).encode(), ("127.0.0.1", info["ntp_port"]))
+            assert sock.recv(100)
+            sock.sendto(b"\x23" + bytes(60), ("127.0.0.1", info["ntp_port"]))  # bad framing
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+        def counted() -> bool:
+            values = fetch_metrics(url)
+            ntp = values.get("gnomon_ntp_requests_total", {})
+            ke = values.get("gnomon_ke_connections_total", {})
+            return (
+                ntp.get("nts") == 3
+                and ntp.get("plain") == 1
+                and ntp.get("malformed") == 1
+                and (ke.get("ok") == 1)
+            )
+
+        assert _wait_for(counted), fetch_metrics(url)
+        values = fetch_metrics(url)
+        assert values["gnomon_synchronized"][""] == 1 and values["gnomon_stratum"][""] == 10
+        expiry = values["gnomon_certificate_expiry_timestamp_seconds"][""]
+        assert 20 * 86400 < expiry - time.time() < 31 * 86400  # demo certificates last 30 days
+        text = summarize(values)
+        assert "synchronised, stratum 10" in text and "nts 3" in text
+        status = subprocess.run(
+            [sys.executable, "-m", "gnomon", "status", "--url", url],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0 and "certificate: expires in" in status.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
