@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import socket
 import time
@@ -64,6 +65,17 @@ def make_key_store(config: ServerConfig) -> KeyStore:
     if config.key_path is not None:
         return FileKeyStore(config.key_path)
     return MemoryKeyStore()
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` (and its group) once the ports are bound; no way back."""
+    if os.geteuid() != 0:
+        return
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("running as %s (uid %d)", user, entry.pw_uid)
 
 
 def check_key_store(config: ServerConfig) -> None:
@@ -168,6 +180,8 @@ class Server:
                     ke_port = server.sockets[0].getsockname()[1]
                     servers.append(server)
                 self.bound_ke_port = ke_port
+            if config.user is not None:
+                drop_privileges(config.user)
             tasks.append(asyncio.create_task(self._rotate_keys()))
             if isinstance(self.key_store, RedisKeyStore):
                 tasks.append(asyncio.create_task(self._refresh_shared_keys(self.key_store)))

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError, GnomonError
 from .config import EXAMPLE, ServerConfig, load_config, read_fleet_secret
+from .logs import configure_logging
 
 
 def add_server_commands(commands: Any) -> None:
@@ -37,6 +38,9 @@ def add_server_commands(commands: Any) -> None:
         help="NTP worker processes sharing the port (0: one process does everything)",
     )
     serve.add_argument("--ke-workers", type=int, help="NTS-KE worker processes")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="json: one object a line"
+    )
     serve.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     serve.set_defaults(handler=cmd_serve)
 
@@ -104,7 +108,7 @@ def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(level, args.log_format)
     try:
         with tempfile.TemporaryDirectory(prefix="gnomon-demo-") as scratch:
             if args.demo:
@@ -138,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 if args.ready_file:
                     Path(args.ready_file).write_text(json.dumps(info))
 
-            run_server(config, ready, level)
+            run_server(config, ready, level, args.log_format)
     except (GnomonError, OSError, RuntimeError) as exc:
         print(f"gnomon: {exc}", file=sys.stderr)
         return 2
@@ -146,7 +150,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def run_server(
-    config: ServerConfig, ready: Callable[[dict[str, object]], None], level: int
+    config: ServerConfig,
+    ready: Callable[[dict[str, object]], None],
+    level: int,
+    log_format: str = "text",
 ) -> None:
     """One process for everything (workers = 0), else a supervisor and its workers."""
     if config.workers == 0:
@@ -170,6 +177,12 @@ def run_server(
     if config.role != "ntp":
         assert config.certificate is not None and config.key is not None
         load_server_context(config.certificate, config.key)
+    if config.user is not None and config.key_store == "file" and config.key_path is not None:
+        import pwd
+
+        folder = config.key_path.parent
+        if folder.stat().st_uid != pwd.getpwnam(config.user).pw_uid:
+            raise ConfigError(f"{folder} (keys.path) must belong to server.user {config.user!r}")
     check_key_store(config)
 
     Supervisor(
@@ -177,5 +190,6 @@ def run_server(
         ntp_workers=0 if config.role == "ke" else config.workers,
         ke_workers=0 if config.role == "ntp" else config.ke_workers,
         log_level=level,
+        log_format=log_format,
         on_ready=ready,
     ).run()

@@ -6,6 +6,7 @@ Every problem is reported as one line naming the key or file at fault.
 from __future__ import annotations
 
 import ipaddress
+import pwd
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ ke_port = 4460
 require_nts = false          # true: plain NTP requests are dropped
 workers = 1                  # NTP processes sharing the port (SO_REUSEPORT); 0: one process for all
 ke_workers = 1               # NTS-KE processes
+# user = "gnomon"            # workers drop root for this user once their ports are bound
 
 [tls]
 certificate = "/etc/gnomon/fullchain.pem"   # reloaded when it changes
@@ -77,6 +79,7 @@ class ServerConfig:
     require_nts: bool = False
     workers: int = 1
     ke_workers: int = 1
+    user: str | None = None
     certificate: Path | None = None
     key: Path | None = None
     aeads: tuple[int, ...] = (30, 15)
@@ -113,6 +116,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "require_nts": ("require_nts", bool),
         "workers": ("workers", int),
         "ke_workers": ("ke_workers", int),
+        "user": ("user", str),
     },
     "tls": {"certificate": ("certificate", str), "key": ("key", str)},
     "nts": {
@@ -253,6 +257,11 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
     for name in ("ntp_rate_burst", "ke_rate_burst"):
         if values.get(name, 1) < 1:
             raise ConfigError(f"{source}: limits.{name} must be at least 1")
+    if values.get("user") is not None:
+        try:
+            pwd.getpwnam(values["user"])
+        except KeyError:
+            raise ConfigError(f"{source}: server.user: no user {values['user']!r}") from None
     if values.get("role", "both") not in ("both", "ke", "ntp"):
         raise ConfigError(f'{source}: server.role must be "both", "ke" or "ntp"')
     if values.get("key_store", "file") not in ("file", "redis"):

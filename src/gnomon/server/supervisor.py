@@ -25,6 +25,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from .config import ServerConfig
+from .logs import configure_logging
 from .metrics import MULTIPROC_ENV, mark_worker_dead, prepare_multiprocess_dir, serve_metrics
 
 log = logging.getLogger("gnomon.supervisor")
@@ -33,16 +34,17 @@ RESTART_DELAY = 0.5
 
 
 def _worker_main(
-    config: ServerConfig, role: str, ready: multiprocessing.connection.Connection, log_level: int
+    config: ServerConfig,
+    role: str,
+    ready: multiprocessing.connection.Connection,
+    log_level: int,
+    log_format: str,
 ) -> None:
     import asyncio
 
     from .app import Server
 
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s {role}[%(process)d] %(name)s %(levelname)s %(message)s",
-    )
+    configure_logging(log_level, log_format, role)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
 
     def on_ready(server: Server) -> None:
@@ -89,10 +91,12 @@ class Supervisor:
         ntp_workers: int = 1,
         ke_workers: int = 1,
         log_level: int = logging.INFO,
+        log_format: str = "text",
         on_ready: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self.config = config
         self.log_level = log_level
+        self.log_format = log_format
         self.on_ready = on_ready
         # NTS-KE first: a client NAKed by a fresh NTP worker must find KE listening.
         self.workers = [_Worker("ke", i) for i in range(ke_workers)]
@@ -105,7 +109,7 @@ class Supervisor:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.config, worker.role, sender, self.log_level),
+            args=(self.config, worker.role, sender, self.log_level, self.log_format),
             name=f"gnomon-{worker.role}-{worker.index}",
             daemon=False,
         )
