@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import GnomonError, NoCookiesError, NtsNakError
 from .keclient import NTS_KE_PORT, KeResult, ake_exchange, ke_exchange
@@ -105,6 +106,9 @@ class _ServerState:
     ntp_host: str
     ntp_port: int
 
+    def target(self, timing: Timing) -> tuple[Association, str, int, Timing]:
+        return self.association, self.ntp_host, self.ntp_port, timing
+
 
 def parse_server(spec: str, default_port: int = NTS_KE_PORT) -> tuple[str, int]:
     """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
@@ -186,33 +190,19 @@ class Session:
         """Authenticated time from one NTS server (NTS-KE only when needed)."""
         key = f"{host}:{port}"
         state = self._usable(key)
-        for attempt in range(2):
-            ke_done = False
-            if state is None:
-                ke = ke_exchange(
-                    host,
-                    port,
-                    trust=self.trust,
-                    timeout=self.timeout,
-                    aeads=self.aeads,
-                    ntp_server=ntp_server,
-                    ntp_port=ntp_port,
-                )
-                state = self._store(key, ke)
-                ke_done = True
+        if state is not None:
             try:
-                sample, address = ntp_exchange(
-                    state.association, state.ntp_host, state.ntp_port, self.timing
-                )
+                return self._result(key, False, state, ntp_exchange(*state.target(self.timing)))
             except (NtsNakError, NoCookiesError):
-                if ke_done or attempt:
-                    raise
-                state = None  # RFC 8915 5.7: a new NTS-KE, old cookies dropped when it succeeds
-                continue
+                pass  # RFC 8915 5.7: run NTS-KE again; the old cookies go once it succeeds
             finally:
                 self._save()
-            return _result(key, ke_done, sample, address, state.association)
-        raise AssertionError("unreachable")
+        ke = ke_exchange(host, port, **self._ke_options(ntp_server, ntp_port))
+        state = self._store(key, ke)
+        try:
+            return self._result(key, True, state, ntp_exchange(*state.target(self.timing)))
+        finally:
+            self._save()
 
     # --- asyncio ------------------------------------------------------------
 
@@ -227,33 +217,36 @@ class Session:
         """The asyncio twin of :meth:`query`."""
         key = f"{host}:{port}"
         state = self._usable(key)
-        for attempt in range(2):
-            ke_done = False
-            if state is None:
-                ke = await ake_exchange(
-                    host,
-                    port,
-                    trust=self.trust,
-                    timeout=self.timeout,
-                    aeads=self.aeads,
-                    ntp_server=ntp_server,
-                    ntp_port=ntp_port,
-                )
-                state = self._store(key, ke)
-                ke_done = True
+        if state is not None:
             try:
-                sample, address = await antp_exchange(
-                    state.association, state.ntp_host, state.ntp_port, self.timing
-                )
+                sample = await antp_exchange(*state.target(self.timing))
+                return self._result(key, False, state, sample)
             except (NtsNakError, NoCookiesError):
-                if ke_done or attempt:
-                    raise
-                state = None
-                continue
+                pass
             finally:
                 self._save()
-            return _result(key, ke_done, sample, address, state.association)
-        raise AssertionError("unreachable")
+        ke = await ake_exchange(host, port, **self._ke_options(ntp_server, ntp_port))
+        state = self._store(key, ke)
+        try:
+            return self._result(key, True, state, await antp_exchange(*state.target(self.timing)))
+        finally:
+            self._save()
+
+    def _ke_options(self, ntp_server: str | None, ntp_port: int | None) -> dict[str, Any]:
+        return {
+            "trust": self.trust,
+            "timeout": self.timeout,
+            "aeads": self.aeads,
+            "ntp_server": ntp_server,
+            "ntp_port": ntp_port,
+        }
+
+    @staticmethod
+    def _result(
+        key: str, ke_done: bool, state: _ServerState, outcome: tuple[Sample, tuple[str, int]]
+    ) -> Result:
+        sample, address = outcome
+        return _result(key, ke_done, sample, address, state.association)
 
     async def aquery_many(self, servers: Iterable[str]) -> list[Result | GnomonError]:
         """Query several ``host[:port]`` servers at once; failures come back as errors."""
