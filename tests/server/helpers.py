@@ -408,6 +408,7 @@ class ServerProcess:
             except (FileNotFoundError, ValueError):
                 time.sleep(0.02)
                 continue
+            self.info = info
             self.ke_port = int(info["ke_port"])
             self.ntp_port = int(info["ntp_port"])
             return

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gnomon
 from gnomon.certs import DemoPki
+
+from .helpers import ServerProcess
 
 
 def _uid_of(pid: int) -> int:
@@ -50,26 +49,16 @@ def test_workers_run_as_the_configured_user(tmp_path: Path, pki: DemoPki) -> Non
     state.mkdir()
     os.chown(state, nobody.pw_uid, nobody.pw_gid)
     tmp_path.chmod(0o755)
-    ready = tmp_path / "ready.json"
-    config = _config(tmp_path, pki, state / "keys.json")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gnomon", "serve", "--config", str(config),
-         "--ready-file", str(ready), "--log-level", "WARNING"],
-    )  # fmt: skip
+    server = ServerProcess(_config(tmp_path, pki, state / "keys.json"), tmp_path / "ready.json")
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
+        info = server.info
         assert {_uid_of(pid) for pid in info["pids"].values()} == {nobody.pw_uid}
         result = gnomon.Session(ca_file=pki.ca_cert).query("127.0.0.1", info["ke_port"])
         assert result.authenticated
         keys = state / "keys.json"
         assert keys.stat().st_mode & 0o777 == 0o600
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
+        assert server.stop() == 0
 
 
 def test_key_folder_not_owned_by_the_user_is_refused(tmp_path: Path, pki: DemoPki) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +13,8 @@ from gnomon.certs import DemoPki
 from gnomon.proto.ntp import NtpHeader
 from gnomon.server.status import fetch_metrics, summarize
 from tests.peers.proc import free_port
+
+from .helpers import ServerProcess
 
 
 def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -47,14 +47,9 @@ local_stratum = 10
 listen = "127.0.0.1:{metrics_port}"
 """
     )
-    ready = tmp_path / "ready.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gnomon", "serve", "--config", str(config),
-         "--ready-file", str(ready), "--log-level", "WARNING"],
-    )  # fmt: skip
+    server = ServerProcess(config, tmp_path / "ready.json")
     try:
-        assert _wait_for(ready.exists, 30), "server did not start"
-        info = json.loads(ready.read_text())
+        info = server.info
         session = gnomon.Session(ca_file=pki.ca_cert)
         for _ in range(3):
             assert session.query("127.0.0.1", info["ke_port"]).authenticated
@@ -89,5 +84,4 @@ listen = "127.0.0.1:{metrics_port}"
         )  # fmt: skip
         assert status.returncode == 0 and "certificate: expires in" in status.stdout
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
+        assert server.stop() == 0
