@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 import gnomon
 from gnomon.certs import make_demo_pki
 from gnomon.proto.ntp import NtpHeader
+from tests.server.helpers import ServerProcess
 
 PLAIN_REQUEST_TRANSMIT = 0x1122334455667788
 
@@ -46,39 +44,11 @@ path = "{tmp_path / "keys.json"}"
 local_stratum = 10
 """
     )
-    ready = tmp_path / "ready.json"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gnomon",
-            "serve",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-            "--log-level",
-            "WARNING",
-        ],
-    )
+    server = ServerProcess(config, tmp_path / "ready.json")
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert process.poll() is None, "server exited at start"
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        info["ca"] = str(pki.ca_cert)
-        info["process"] = process
-        yield info
+        yield {**server.info, "ca": str(pki.ca_cert)}
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0
+        assert server.stop() == 0
 
 
 def _ask(sock: socket.socket, port: int, timeout: float) -> bool:
