@@ -18,8 +18,14 @@ timestamp equal to the transmit timestamp of a request sent, and one reply of
 the batch fully (for NTS: unique identifier and authenticator, with
 gnomon's client).
 
+``udp`` mode with ``rate``: open loop instead, ``rate`` requests a second
+whatever comes back (the load for the time-quality measurement).
+
 ``ke`` mode: ``threads`` client threads, each running full NTS-KE exchanges
 (TCP connect, TLS 1.3 handshake, KE request and response) one after another.
+
+``probe`` mode: one NTS client querying every ``interval`` seconds, reporting the
+offset and delay it measures (median, 5th and 95th percentiles).
 """
 
 from __future__ import annotations
@@ -268,13 +274,17 @@ def run_udp(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict
             outstanding[fd] += done
             return int(done)
 
+        rate = float(spec.get("rate") or 0.0)  # > 0: open loop, this many requests a second
+        fds = list(sockets)
         now = time.monotonic()
-        for fd in sockets:
-            sent += send(fd, window_of[fd])
-            last_rx[fd] = now
+        paced_start, next_fd = now, 0
+        if not rate:
+            for fd in sockets:
+                sent += send(fd, window_of[fd])
+                last_rx[fd] = now
         next_loss_check = now + loss_timeout
         poll = epoll.poll
-        poll_timeout = 0.0 if spec.get("busy_poll") else 0.05
+        poll_timeout = 0.0 if spec.get("busy_poll") else (0.0005 if rate else 0.05)
         monotonic = time.monotonic
         while True:
             now = monotonic()
@@ -284,6 +294,18 @@ def run_udp(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict
                 count_at_t0, sent_at_t0, lost_at_t0, batches_at_t0 = replies, sent, lost, batches
             if now >= t1 or now >= hard_end or replies >= max_replies:
                 break
+            if rate:
+                # Open loop: whatever is due by now, a few requests per socket in turn,
+                # whether or not replies came back.
+                due = min(int((now - paced_start) * rate) - sent, ring.count)
+                while due > 0:
+                    burst = min(due, 4)
+                    done = send(fds[next_fd], burst)
+                    next_fd = (next_fd + 1) % len(fds)
+                    due -= burst
+                    sent += done
+                    if not done:
+                        break
             for fd, _ in poll(poll_timeout):
                 n = recvmmsg(fd, recv.base, recv.size, MSG_DONTWAIT, None)
                 if n <= 0:
@@ -293,8 +315,11 @@ def run_udp(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict
                 outstanding[fd] = max(0, outstanding[fd] - n)
                 if batches % validate_every == 0:
                     validator.check_batch(recv, n)
-                sent += send(fd, window_of[fd] - outstanding[fd])
+                if not rate:
+                    sent += send(fd, window_of[fd] - outstanding[fd])
                 last_rx[fd] = now
+            if rate:
+                continue
             if now >= next_loss_check:
                 next_loss_check = now + loss_timeout / 4
                 for fd in sockets:
@@ -320,6 +345,7 @@ def run_udp(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict
             "recv_batches": window_batches,
             "mean_batch": window_replies / window_batches if window_batches else 0.0,
             "send_errors": send_errors,
+            "rate_asked": rate or None,
             "total_replies": replies,
             "sockets": n_sockets,
             "inflight": inflight,
@@ -329,6 +355,117 @@ def run_udp(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict
         epoll.close()
         for sock in sockets.values():
             sock.close()
+
+
+# --- time-quality probe --------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def run_probe(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict[str, Any]:
+    """One NTS client doing what a real one does, every ``interval`` seconds: a request
+    built by gnomon's Association, its reply checked, offset and delay computed (RFC 5905)
+    from T1 read just before ``send`` and T4 the kernel receive timestamp. The server
+    runs on this machine's clock, so the true offset is zero: what is measured is the
+    asymmetry the server adds (its T2 and T3 against the wire), under whatever load the
+    other load generators put on it."""
+    from gnomon.errors import ResponseMismatchError
+    from gnomon.ntpclient import _ANCILLARY_SPACE, _TIMESPEC, SO_TIMESTAMPNS
+    from gnomon.proto.client import Association
+
+    session = spec["session"]
+    initial = [bytes.fromhex(c) for c in session["cookies"]]
+    association = Association(
+        int(session["aead"]), bytes.fromhex(session["c2s"]), bytes.fromhex(session["s2c"]), initial
+    )
+    interval = float(spec.get("interval", 0.02))
+    timeout = float(spec.get("timeout", 0.25))
+    family = socket.AF_INET6 if ":" in spec["host"] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    offsets: list[float] = []
+    delays: list[float] = []
+    lost = sent = 0
+    errors: Counter[str] = Counter()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.connect((spec["host"], int(spec["port"])))
+        sock.setblocking(False)
+        next_at = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= t1 or now >= hard_end:
+                break
+            if now < next_at:
+                time.sleep(next_at - now)
+            next_at += interval
+            if association.cookie_count == 0:  # servers do not track replays: start over
+                association = Association(
+                    association.aead_id, association.c2s, association.s2c, initial
+                )
+            packet, pending = association.build_request()
+            with contextlib.suppress(BlockingIOError):
+                while True:  # a late reply to an earlier probe
+                    sock.recv(4096)
+            sent_ns = time.time_ns()
+            sock.send(packet)
+            sent += 1
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    lost += 1
+                    break
+                ready, _, _ = select.select([sock], [], [], remaining)
+                if not ready:
+                    continue
+                try:
+                    data, ancillary, _, _ = sock.recvmsg(4096, _ANCILLARY_SPACE)
+                except BlockingIOError:
+                    continue
+                received_ns = time.time_ns()
+                for level, kind, payload in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+                        received_ns = seconds * 1_000_000_000 + nanoseconds
+                try:
+                    sample = association.process_response(
+                        data, pending, sent_ns=sent_ns, received_ns=received_ns
+                    )
+                except ResponseMismatchError:
+                    continue
+                except Exception as exc:  # a finding, never a crash
+                    errors[f"{type(exc).__name__}: {exc}"[:200]] += 1
+                    break
+                if time.monotonic() >= t0:
+                    offsets.append(sample.offset_ns / 1000)
+                    delays.append(sample.delay_ns / 1000)
+                break
+    finally:
+        sock.close()
+    return {
+        "mode": "probe",
+        "samples": len(offsets),
+        "sent": sent,
+        "lost": lost,
+        "errors": dict(errors),
+        "interval_s": interval,
+        "offset_us": {
+            "median": _percentile(offsets, 0.5),
+            "p05": _percentile(offsets, 0.05),
+            "p95": _percentile(offsets, 0.95),
+            "median_abs": _percentile([abs(o) for o in offsets], 0.5),
+        },
+        "delay_us": {
+            "median": _percentile(delays, 0.5),
+            "p05": _percentile(delays, 0.05),
+            "p95": _percentile(delays, 0.95),
+        },
+    }
 
 
 # --- NTS-KE load ---------------------------------------------------------------------------
@@ -473,7 +610,9 @@ def main() -> int:
     hard_end = born + float(spec["max_seconds"])
     if spec["mode"] == "ke":
         # Import now, not in the measurement window.
-        import gnomon.keclient  # noqa: F401
+        import gnomon.keclient
+    elif spec["mode"] == "probe":
+        import gnomon.proto.client  # noqa: F401
     else:
         _Validator(spec)
     print("READY", flush=True)
@@ -487,9 +626,8 @@ def main() -> int:
         return 2
     t0, t1 = float(line[0]), float(line[1])
     hard_end = min(hard_end, t1 + 1.0)
-    result = (
-        run_ke(spec, t0, t1, hard_end) if spec["mode"] == "ke" else run_udp(spec, t0, t1, hard_end)
-    )
+    run = {"ke": run_ke, "probe": run_probe}.get(spec["mode"], run_udp)
+    result = run(spec, t0, t1, hard_end)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -486,6 +486,137 @@ class Bench:
         for server in self.servers:
             server.info["memory_at_end"] = procfs.tree_memory(server.pid)
 
+    # -- time quality under load --
+
+    def quality(self, scenarios_run: list[Scenario]) -> None:
+        """The offset an NTS client measures against each server, idle and under an
+        open-loop load of ``rate`` NTS requests a second (AEAD 15, no placeholder): by
+        default half the rate gnomon reached in the nts0-15 window (measured now if that
+        scenario was not run), the same load for every server."""
+        args = self.args
+        scenario = SCENARIO_BY_KEY["nts0-15"]
+        rate = args.quality_rate
+        if not rate:
+            gnomon = next((s for s in self.servers if s.key == "gnomon"), None)
+            entry = self.results.get(scenario.key, {}).get("gnomon", {})
+            if gnomon is None or ("nts0-15", "gnomon") not in self.request_sets:
+                log("time quality: no gnomon nts0-15 requests, so no load to derive; skipped")
+                return
+            if scenario not in scenarios_run or not entry.get("rate"):
+                log("time quality: measuring gnomon's nts0-15 rate first")
+                entry = self.window(gnomon, scenario)
+            rate = 0.5 * entry["rate"]
+        results: dict[str, Any] = {}
+        for server in self.servers:
+            request_set = self.request_sets.get((scenario.key, server.key))
+            if request_set is None:
+                results[server.key] = {"skipped": "no nts0-15 requests for this server"}
+                continue
+            try:
+                result = srv.ke_sessions(server.ke_port, self.pki.ca_cert, 15, 1)[0]
+            except Exception as exc:
+                results[server.key] = {"skipped": f"NTS-KE failed: {exc}"}
+                continue
+            session = {
+                "aead": result.response.aead,
+                "c2s": result.c2s.hex(),
+                "s2c": result.s2c.hex(),
+                "cookies": [c.hex() for c in result.response.cookies],
+            }
+            entry = results[server.key] = {}
+            for label, load in (("idle", 0.0), ("loaded", rate)):
+                log(f"quality  {server.label}: {label} ({load:,.0f} requests/s) ...")
+                try:
+                    entry[label] = self.quality_window(server, request_set, session, load)
+                except (KeyboardInterrupt, srv.ServerStartError):
+                    raise
+                except Exception as exc:
+                    log(f"quality {server.label} {label} failed: {exc}")
+                    entry[label] = {"error": str(exc)}
+                    continue
+                probe = entry[label]["probe"]
+                log(
+                    f"quality  {server.label}: {label}: median offset "
+                    f"{_fmt_us(probe['offset_us']['median'])} µs, delay "
+                    f"{_fmt_us(probe['delay_us']['median'])} µs, {probe['samples']} samples"
+                )
+        self.results["quality"] = {"rate": rate, "servers": results}
+
+    def quality_window(
+        self,
+        server: srv.Server,
+        request_set: srv.RequestSet,
+        session: dict[str, Any],
+        rate: float,
+    ) -> dict[str, Any]:
+        args = self.args
+        duration = args.quality_duration
+        hard = args.warmup + duration + 30
+        specs: list[dict[str, Any]] = [
+            {
+                "mode": "probe",
+                "host": srv.HOST,
+                "port": server.ntp_port,
+                "session": session,
+                "interval": args.quality_interval,
+                "max_seconds": hard,
+            }
+        ]
+        if rate:
+            specs.append(
+                {
+                    "mode": "udp",
+                    "host": srv.HOST,
+                    "port": server.ntp_port,
+                    "sockets": args.sockets,
+                    "inflight": args.inflight,
+                    "rate": rate,
+                    "max_replies": args.max_replies,
+                    "max_seconds": hard,
+                    "validate_every": 64,
+                    **request_set.spec(),
+                }
+            )
+        self.window_no += 1
+        gens = [
+            LoadGen(spec, self.tmp / f"quality-{self.window_no}-{i}.json", self.loadgen_cpus)
+            for i, spec in enumerate(specs)
+        ]
+        try:
+            for gen in gens:
+                gen.wait_ready()
+            pids = procfs.tree(server.pid)
+            t0 = time.monotonic() + max(args.warmup, 1.0)
+            t1 = t0 + duration
+            for gen in gens:
+                gen.start(t0, t1)
+            time.sleep(max(0.0, t0 - time.monotonic()))
+            by_pid0, real0 = procfs.cpu_by_pid(pids), time.monotonic()
+            time.sleep(max(0.0, t1 - time.monotonic()))
+            by_pid1, real1 = procfs.cpu_by_pid(pids), time.monotonic()
+            if not server.alive():
+                raise server.fail("server died during the window")
+            loads = [gen.result(timeout=30.0) for gen in gens]
+        finally:
+            for gen in gens:
+                gen.stop()
+        server_cpu = sum(
+            by_pid1[pid][0] + by_pid1[pid][1] - u0 - s0
+            for pid, (u0, s0) in by_pid0.items()
+            if pid in by_pid1
+        )
+        out: dict[str, Any] = {
+            "rate_asked": rate,
+            "server_util": round(server_cpu / (real1 - real0), 3),
+            "probe": loads[0],
+        }
+        if rate:
+            load = loads[1]
+            out["rate_answered"] = round(load["replies"] / load["elapsed_s"], 1)
+            out["load"] = {k: v for k, v in load.items() if k != "validation"}
+            out["load_validation"] = load["validation"]
+        return out
+
 
 def _merge_validation(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {
@@ -530,6 +661,74 @@ def _fmt_per(value: float | None, ke: bool) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" if ke else f"{value:.2f}"
+
+
+def _fmt_us(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f}"
+
+
+def quality_table(bench: Bench) -> tuple[list[str], list[list[str]], list[str]]:
+    """Rows of the time-quality table and the sentences comparing gnomon with chrony."""
+    quality = bench.results.get("quality")
+    if not quality:
+        return [], [], []
+    header = [
+        "server",
+        "load asked/s",
+        "load answered/s",
+        "server cores",
+        "samples",
+        "median offset idle µs",
+        "median offset loaded µs",
+        "offset loaded p5..p95 µs",
+        "median delay idle µs",
+        "median delay loaded µs",
+    ]
+    rows = []
+    medians: dict[str, float] = {}
+    for server in bench.servers:
+        entry = quality["servers"].get(server.key, {})
+        if "skipped" in entry:
+            rows.append([server.label, *["-"] * (len(header) - 2), entry["skipped"]])
+            continue
+        idle, loaded = entry.get("idle", {}), entry.get("loaded", {})
+        if "probe" not in loaded:
+            rows.append([server.label, *["-"] * (len(header) - 2), loaded.get("error", "?")])
+            continue
+        probe = loaded["probe"]
+        idle_probe = idle.get("probe", {"offset_us": {}, "delay_us": {}})
+        if probe["offset_us"]["median"] is not None:
+            medians[server.key] = probe["offset_us"]["median"]
+        rows.append(
+            [
+                server.label,
+                _fmt_rate(loaded["rate_asked"]),
+                _fmt_rate(loaded.get("rate_answered")),
+                f"{loaded['server_util']:.2f}",
+                f"{probe['samples']} ({probe['lost']} lost)",
+                _fmt_us(idle_probe["offset_us"].get("median")),
+                _fmt_us(probe["offset_us"]["median"]),
+                f"{_fmt_us(probe['offset_us']['p05'])}..{_fmt_us(probe['offset_us']['p95'])}",
+                _fmt_us(idle_probe["delay_us"].get("median")),
+                _fmt_us(probe["delay_us"]["median"]),
+            ]
+        )
+    sentences = [
+        f"Time quality: an NTS client (gnomon's Association, AEAD 15, one query every "
+        f"{bench.args.quality_interval * 1000:g} ms; T1 read before send, T4 the kernel "
+        f"receive timestamp) against each server, idle and while an open-loop load of "
+        f"{quality['rate']:,.0f} NTS requests/s (half gnomon's nts0-15 rate) runs; every "
+        "server keeps this machine's clock, so the true offset is 0 and what shows is the "
+        "asymmetry each server adds."
+    ]
+    gnomon = medians.get("gnomon")
+    for server in bench.servers:
+        if server.key != "gnomon" and gnomon is not None and server.key in medians:
+            sentences.append(
+                f"Median offset under load, gnomon minus {server.label}: "
+                f"{gnomon - medians[server.key]:+.1f} µs."
+            )
+    return header, rows, sentences
 
 
 def build_table(bench: Bench, scenarios: list[Scenario]) -> tuple[list[str], list[list[str]]]:
@@ -692,18 +891,23 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
         "64 requests in flight).",
         f"Every NTS request set replays {settings['requests']} requests built from "
         f"{settings['sessions']} NTS-KE sessions: a server that caches per-key AEAD state "
-        "(gnomon keeps up to 4096 C2S keys) always hits its cache here, unlike with many "
-        "real clients.",
-        "NTS-KE: TLS key-exchange group negotiated, "
-        + "; ".join(group_notes)
-        + ". The certificate is ECDSA P-256 for every server; the first handshake of each "
-        "client process verifies it fully, later ones recognise it (client cost only).",
+        "(gnomon keeps the AEAD objects of up to 8192 sessions) always hits its cache "
+        "here, unlike with many real clients.",
     ]
+    if group_notes:
+        notes.append(
+            "NTS-KE: TLS key-exchange group negotiated, "
+            + "; ".join(group_notes)
+            + ". The certificate is ECDSA P-256 for every server; the first handshake of "
+            "each client process verifies it fully, later ones recognise it (client cost only)."
+        )
     for server in bench.servers:
         notes += [f"{server.label}: {note}" for note in server.notes]
     for (scenario_key, server_key), reason in bench.skipped.items():
         notes.append(f"{scenario_key} on {server_key}: {reason}")
 
+    q_header, q_rows, q_sentences = quality_table(bench)
+    quality_text = [text_table(q_header, q_rows), *q_sentences, ""] if q_rows else []
     text = [
         "",
         f"Machine: {machine_line}",
@@ -711,6 +915,7 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
         "",
         text_table(header, rows),
         "",
+        *quality_text,
         *memory_lines(bench),
         "",
         text_table(d_header, d_rows),
@@ -751,6 +956,18 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
         "",
         md_table(header, rows),
         "",
+        *(
+            [
+                "**Time quality under load:**",
+                "",
+                md_table(q_header, q_rows),
+                "",
+                *[f"- {sentence}" for sentence in q_sentences],
+                "",
+            ]
+            if q_rows
+            else []
+        ),
         "**Resident memory:**",
         "",
         *[f"- {line}" for line in memory_lines(bench)],
@@ -837,6 +1054,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(CHRONY_MODERN),
         help="chronyd 4.6 wrapper (used when present)",
     )
+    parser.add_argument(
+        "--no-quality",
+        dest="quality",
+        action="store_false",
+        help="skip the time-quality measurement (offset seen by an NTS client under load)",
+    )
+    parser.add_argument(
+        "--quality-rate",
+        type=float,
+        help="NTS requests/s of load during the time-quality windows (default: half "
+        "gnomon's nts0-15 rate)",
+    )
+    parser.add_argument(
+        "--quality-duration",
+        type=float,
+        help="seconds per time-quality window (default: --duration)",
+    )
+    parser.add_argument(
+        "--quality-interval",
+        type=float,
+        default=0.02,
+        help="seconds between the time-quality client's queries (default 0.02)",
+    )
     parser.add_argument("--out", default=str(BENCH / "results"), help="results folder")
     args = parser.parse_args(argv)
     if args.duration is None:
@@ -847,6 +1087,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sessions = 4 if args.quick else 16
     if not 0.1 <= args.duration <= 120 or not 0 <= args.warmup <= 30:
         parser.error("--duration must be within 0.1..120 s and --warmup within 0..30 s")
+    if args.quality_duration is None:
+        args.quality_duration = args.duration
+    if not 0.1 <= args.quality_duration <= 120 or not 0.001 <= args.quality_interval <= 1:
+        parser.error("--quality-duration must be within 0.1..120 s, --quality-interval 1 ms..1 s")
+    if args.quality_rate is not None and not 0 < args.quality_rate <= 10_000_000:
+        parser.error("--quality-rate must be positive")
     if not 1 <= args.rounds <= 10:
         parser.error("--rounds must be within 1..10")
     if not 0 <= args.retries <= 3:
@@ -893,6 +1139,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     windows = len(scenarios) * len(wanted) * (1 + args.retries) * args.rounds
+    if args.quality:
+        windows += 2 * len(wanted) + 1
     lifetime = windows * (args.duration + args.warmup + 40) + 300  # server self-destruct bound
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
@@ -905,8 +1153,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.start_servers(wanted, lifetime)
         log("NTS-KE sessions, precomputed requests, pre-flight checks")
-        bench.prepare(scenarios)
+        nts015 = SCENARIO_BY_KEY["nts0-15"]
+        bench.prepare(
+            [*scenarios, nts015] if args.quality and nts015 not in scenarios else scenarios
+        )
         bench.run(scenarios, started + args.budget)
+        if args.quality:
+            bench.quality(scenarios)
         meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         meta["elapsed_s"] = round(time.monotonic() - started, 1)
         meta["settings"] = {
@@ -933,6 +1186,9 @@ def main(argv: list[str] | None = None) -> int:
                 (s.info.get("layout") for s in bench.servers if s.key != "gnomon"), "not run"
             ),
             "chrony_ntsprocesses": args.ke_workers or 1,
+            "quality": args.quality,
+            "quality_interval_s": args.quality_interval,
+            "quality_duration_s": args.quality_duration,
             "quick": args.quick,
         }
         report(bench, scenarios, meta)

@@ -246,6 +246,11 @@ def start_gnomon(
         "aeads = [30, 15]\n"
         "[time]\n"
         "local_stratum = 10\n"
+        # The load comes from one address: NTS-KE rate limiting (on by default in gnomon,
+        # off in chrony) would refuse most handshakes. NTP rate limiting is off by default.
+        "[limits]\n"
+        "ke_rate_interval = 0.000001\n"
+        "ke_rate_burst = 1000000\n"
     )
     ready = directory / "ready.json"
     argv = [

@@ -10,14 +10,15 @@ at any time (key rotation), and the time-source state as a
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..errors import AuthenticationError, NtpFormatError
-from .aead import AES_128_GCM_SIV, Aead, Exporter, derive_keys
-from .cookie import NONCE_LEN as COOKIE_NONCE_LEN
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
+
+from ..errors import NtpFormatError
+from .aead import AES_128_GCM_SIV, ALGORITHMS, Exporter, derive_keys
 from .cookie import CookieCodec
 from .ke import (
     MAX_COOKIES,
@@ -42,9 +43,8 @@ from .nts import (
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
     EF_UNIQUE_IDENTIFIER,
+    MIN_NONCE_LEN,
     MIN_UNIQUE_ID_LEN,
-    encode_authenticator,
-    open_authenticator,
     parse_encrypted_fields,
 )
 
@@ -80,34 +80,49 @@ class NtpCounters:
 
 
 _EF_HEAD = struct.Struct("!HH")
-_TWO_TS = struct.Struct("!QQ")
 _AUTH_HEAD = struct.Struct("!HHHH")  # field type, field length, nonce length, ciphertext length
+# leap/version/mode, stratum, poll, precision..reference timestamp (packed once), origin,
+# receive and transmit timestamps
+_REPLY_HEAD = struct.Struct("!BBB21s8sQQ")
+_pack_reply_head = _REPLY_HEAD.pack
+_pack_auth_head = _AUTH_HEAD.pack
+_unpack_ef_head = _EF_HEAD.unpack_from
 _NS = 1_000_000_000
-_NTP_OFFSET = 2_208_988_800
+_NTP_EPOCH = 2_208_988_800 << 32  # 1900 to 1970, in NTP's 32.32 fixed point
+_MASK64 = (1 << 64) - 1
+_TAG_LEN = 16
+_SESSION_LIMIT = 8192
 
 
 def _ntp_time(unix_ns: int) -> int:
-    seconds, ns = divmod(unix_ns, _NS)
-    return (((seconds + _NTP_OFFSET) & 0xFFFFFFFF) << 32) | ((ns << 32) // _NS)
+    """Unix ns to a 64-bit NTP timestamp (era dropped); one division, exact like
+    :func:`.ntp.unix_ns_to_ntp`: seconds << 32 + (ns << 32) // 10**9."""
+    return ((unix_ns << 32) // _NS + _NTP_EPOCH) & _MASK64
 
 
-class _KeyCache:
-    """AEAD objects by key: building one costs more than using it, and a
-    client sends many requests under the same keys."""
+# What the responder keeps per cookie plaintext (AEAD id, C2S, S2C): whether the AEAD is
+# AES-GCM-SIV (else AES-SIV), the C2S key's decrypt and the S2C key's encrypt (bound
+# methods of cryptography's objects), the reply nonce length, the shortest and longest
+# request nonce the AEAD takes, and N_REQ (RFC 8915 5.6) capped at that maximum.
+_Session = tuple[bool, Callable[..., bytes], Callable[..., bytes], int, int, int, int]
 
-    __slots__ = ("_entries", "_limit")
 
-    def __init__(self, limit: int = 8192) -> None:
-        self._entries: dict[bytes, Aead] = {}
-        self._limit = limit
+def _new_session(plain: bytes) -> _Session | None:
+    """The AEAD objects for a cookie's plaintext; None if it names no usable AEAD.
 
-    def get(self, aead_id: int, key: bytes) -> Aead:
-        entry = self._entries.get(key)
-        if entry is None or entry.algorithm.id != aead_id:
-            if len(self._entries) >= self._limit:
-                self._entries.clear()
-            entry = self._entries[key] = Aead(aead_id, key)
-        return entry
+    Building a cipher costs more than using it (AESSIV: ~2.4 µs) and a client
+    sends many requests under the same keys, so sessions are cached.
+    """
+    algorithm = ALGORITHMS.get(plain[0] << 8 | plain[1])
+    if algorithm is None or len(plain) != 2 + 2 * algorithm.key_length:
+        return None
+    split = 2 + algorithm.key_length
+    c2s, s2c = plain[2:split], plain[split:]
+    required = min(MIN_NONCE_LEN, algorithm.max_nonce_length)
+    if algorithm.id == AES_128_GCM_SIV:  # takes 12-byte nonces only
+        return True, AESGCMSIV(c2s).decrypt, AESGCMSIV(s2c).encrypt, 12, 12, 12, required
+    siv_c2s, siv_s2c = AESSIV(c2s), AESSIV(s2c)
+    return False, siv_c2s.decrypt, siv_s2c.encrypt, 16, 1, algorithm.max_nonce_length, required
 
 
 class NtpResponder:
@@ -118,8 +133,15 @@ class NtpResponder:
     late as possible, after the cookies are sealed and just before the final
     authenticator, so the server's own work is not counted as network delay.
     A reply is never longer than its request (no amplification).
-    This is the per-packet path: it scans extension fields in place rather
-    than building objects, and keeps AEAD objects per key.
+
+    This is the per-packet path, written for CPU per reply (bench/README.md,
+    "Profile"): extension fields are scanned in place by offset, nothing is
+    built but the reply, the AEAD objects are kept per cookie plaintext and
+    called directly (bound methods of ``cryptography``'s objects), the reply's
+    length (and so how many cookies fit: no amplification) is computed before
+    anything is sealed, and one BLAKE2b call in the cookie codec gives the
+    reply's nonce with the new cookies' nonces, so a reply makes no system
+    call but its ``sendto``.
     """
 
     def __init__(
@@ -132,7 +154,7 @@ class NtpResponder:
         self.codec = codec
         self.require_nts = require_nts
         self.counters = NtpCounters()
-        self._keys = _KeyCache()
+        self._sessions: dict[bytes, _Session] = {}
         self.time_source = time_source or TimeSource()
 
     @property
@@ -159,16 +181,6 @@ class NtpResponder:
         self._first = source.leap << 6 | MODE_SERVER
         self._stratum = source.stratum
 
-    def _header(self, request: bytes, receive_ns: int, transmit_ns: int) -> bytes:
-        return b"".join(
-            (
-                bytes((self._first | (request[0] & 0x38), self._stratum, request[2])),
-                self._static,
-                request[40:48],
-                _TWO_TS.pack(_ntp_time(receive_ns), _ntp_time(transmit_ns)),
-            )
-        )
-
     def respond(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes | None:
         length = len(data)
         if length < HEADER_LEN:
@@ -183,33 +195,49 @@ class NtpResponder:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1
-            return self._header(data, receive_ns, clock())
+            return _pack_reply_head(
+                self._first | (first & 0x38),
+                self._stratum,
+                data[2],
+                self._static,
+                data[40:48],
+                ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
+                ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,
+            )
         # Scan extension fields up to the authenticator (RFC 7822 framing).
-        unique_id = cookie = None
-        placeholder_lengths: list[int] = []
-        auth_at = -1
+        uid_at = uid_end = cookie_at = cookie_end = auth_at = auth_end = -1
+        placeholders = None  # field lengths
         position = HEADER_LEN
-        unpack = _EF_HEAD.unpack_from
+        unpack = _unpack_ef_head
         while position + 4 <= length:
-            ef_type, ef_length = unpack(data, position)
-            if ef_length < 16 or ef_length & 3 or position + ef_length > length:
+            ef_type, end = unpack(data, position)
+            if end < 16 or end & 3:
                 break
-            if ef_type == EF_NTS_AUTHENTICATOR:
-                auth_at = position
+            end += position
+            if end > length:
                 break
             if ef_type == EF_UNIQUE_IDENTIFIER:
-                if unique_id is not None:
+                if uid_at >= 0:
                     self.counters.malformed += 1
                     return None
-                unique_id = data[position + 4 : position + ef_length]
+                uid_at = position
+                uid_end = end
             elif ef_type == EF_NTS_COOKIE:
-                if cookie is not None:
+                if cookie_at >= 0:
                     self.counters.malformed += 1
                     return None
-                cookie = data[position + 4 : position + ef_length]
+                cookie_at = position + 4
+                cookie_end = end
+            elif ef_type == EF_NTS_AUTHENTICATOR:
+                auth_at = position
+                auth_end = end
+                break
             elif ef_type == EF_NTS_COOKIE_PLACEHOLDER:
-                placeholder_lengths.append(ef_length - 4)
-            position += ef_length
+                if placeholders is None:
+                    placeholders = [end - position]
+                else:
+                    placeholders.append(end - position)
+            position = end
         else:
             if position != length:
                 self.counters.malformed += 1
@@ -218,71 +246,127 @@ class NtpResponder:
             if position != length and length - position not in (20, 24):
                 self.counters.malformed += 1  # broken framing, and not a legacy MAC
                 return None
-            if cookie is not None or unique_id is not None or self.require_nts:
+            if cookie_at >= 0 or uid_at >= 0 or self.require_nts:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1  # unknown extensions: answer the header only
-            return self._header(data, receive_ns, clock())
-        if unique_id is None or len(unique_id) < MIN_UNIQUE_ID_LEN or cookie is None:
+            return _pack_reply_head(
+                self._first | (first & 0x38),
+                self._stratum,
+                data[2],
+                self._static,
+                data[40:48],
+                ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
+                ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,
+            )
+        if uid_at < 0 or uid_end - uid_at - 4 < MIN_UNIQUE_ID_LEN or cookie_at < 0:
             self.counters.malformed += 1
             return None
-        return self._respond_nts(
-            data, auth_at, unique_id, cookie, placeholder_lengths, receive_ns, clock
-        )
 
-    def _respond_nts(
-        self,
-        data: bytes,
-        auth_at: int,
-        unique_id: bytes,
-        cookie: bytes,
-        placeholder_lengths: list[int],
-        receive_ns: int,
-        clock: Callable[[], int],
-    ) -> bytes | None:
-        uid_field = _EF_HEAD.pack(EF_UNIQUE_IDENTIFIER, 4 + len(unique_id)) + unique_id
-        opened = self.codec.open(cookie)
-        if opened is None:
-            return self._nak(data, uid_field, receive_ns, clock())
-        aead_id, c2s, s2c = opened
-        auth_length = _EF_HEAD.unpack_from(data, auth_at)[1]
+        # NTS (RFC 8915 5.7). The cookie: an unknown key id costs no crypto.
+        codec = self.codec
+        plain = codec.open_raw(data[cookie_at:cookie_end])
+        if plain is None:
+            return self._nak(data, uid_at, uid_end, receive_ns, clock())
+        session = self._sessions.get(plain)
+        if session is None:
+            session = _new_session(plain)
+            if session is None:
+                return self._nak(data, uid_at, uid_end, receive_ns, clock())
+            if len(self._sessions) >= _SESSION_LIMIT:
+                self._sessions.clear()
+            self._sessions[plain] = session
+        gcm, decrypt, encrypt, reply_nonce_len, min_nonce_len, max_nonce_len, required = session
+        # The authenticator (RFC 8915 5.6): nonce and ciphertext lengths, each padded to
+        # four bytes, the nonce's padding at least N_REQ, all within the field.
+        nonce_len, ciphertext_len = unpack(data, auth_at + 4)
+        nonce_at = auth_at + 8
+        padded_nonce = (nonce_len + 3) & ~3
+        if (
+            not min_nonce_len <= nonce_len <= max_nonce_len
+            or ciphertext_len < _TAG_LEN
+            or nonce_at
+            + (padded_nonce if padded_nonce > required else required)
+            + ((ciphertext_len + 3) & ~3)
+            > auth_end
+        ):
+            return self._nak(data, uid_at, uid_end, receive_ns, clock())
+        ciphertext_at = nonce_at + padded_nonce
         try:
-            plaintext = open_authenticator(
-                self._keys.get(aead_id, c2s),
-                data,
-                auth_at,
-                data[auth_at + 4 : auth_at + auth_length],
-            )
-            encrypted = parse_encrypted_fields(plaintext) if plaintext else ()
-        except (AuthenticationError, NtpFormatError):
-            return self._nak(data, uid_field, receive_ns, clock())
-        # RFC 8915 5.7: one cookie, plus one per placeholder no shorter than the
-        # cookie; we also insist on equal length so the reply never grows.
-        cookie_length = len(cookie)
-        wanted = placeholder_lengths.count(cookie_length) + sum(
-            1
-            for ef in encrypted
-            if ef.type == EF_NTS_COOKIE_PLACEHOLDER and len(ef.body) == cookie_length
-        )
-        count = min(1 + wanted, MAX_COOKIES)
-        cookie_head = _EF_HEAD.pack(EF_NTS_COOKIE, 4 + cookie_length)
-        s2c_aead = self._keys.get(aead_id, s2c)
-        nonce_length = s2c_aead.algorithm.nonce_length
-        randomness = os.urandom(nonce_length + COOKIE_NONCE_LEN * count)
-        sealed = self.codec.seal_many(aead_id, c2s, s2c, randomness[nonce_length:])
-        head = self._header(data, receive_ns, clock()) + uid_field
-        while True:
-            cookies = b"".join([cookie_head + c for c in sealed[:count]])
-            reply = head + encode_authenticator(s2c_aead, randomness[:nonce_length], head, cookies)
-            if len(reply) <= len(data):
-                self.counters.nts += 1
-                return reply
-            if count == 0:
+            if gcm:
+                plaintext = decrypt(
+                    data[nonce_at : nonce_at + nonce_len],
+                    data[ciphertext_at : ciphertext_at + ciphertext_len],
+                    data[:auth_at],
+                )
+            else:  # RFC 5297 / RFC 8915 5.6: the nonce is the last associated-data component
+                plaintext = decrypt(
+                    data[ciphertext_at : ciphertext_at + ciphertext_len],
+                    [data[:auth_at], data[nonce_at : nonce_at + nonce_len]],
+                )
+        except InvalidTag:
+            return self._nak(data, uid_at, uid_end, receive_ns, clock())
+        # One cookie, plus one per placeholder no shorter than the cookie; we also insist
+        # on equal length, and on what fits in the request's length (no amplification).
+        cookie_field_len = cookie_end - cookie_at + 4
+        room = length - (HEADER_LEN + 8 + _TAG_LEN + reply_nonce_len) - (uid_end - uid_at)
+        if placeholders is None and not plaintext:
+            if room >= cookie_field_len:
+                count = 1
+            elif room >= 0:
+                count = 0
+            else:
                 self.counters.dropped += 1
                 return None
-            count -= 1
+        else:
+            wanted = placeholders.count(cookie_field_len) if placeholders else 0
+            if plaintext:
+                try:
+                    encrypted = parse_encrypted_fields(plaintext)
+                except NtpFormatError:
+                    return self._nak(data, uid_at, uid_end, receive_ns, clock())
+                wanted += sum(
+                    1
+                    for ef in encrypted
+                    if ef.type == EF_NTS_COOKIE_PLACEHOLDER and len(ef.body) + 4 == cookie_field_len
+                )
+            if room < 0:
+                self.counters.dropped += 1
+                return None
+            count = min(1 + wanted, MAX_COOKIES, room // cookie_field_len)
+        nonce, fields = codec.seal_reply(plain, count, reply_nonce_len, receive_ns)
+        head = (
+            _pack_reply_head(
+                self._first | (first & 0x38),
+                self._stratum,
+                data[2],
+                self._static,
+                data[40:48],
+                ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
+                ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,  # as late as possible
+            )
+            + data[uid_at:uid_end]
+        )
+        ciphertext = encrypt(nonce, fields, head) if gcm else encrypt(fields, [head, nonce])
+        ciphertext_len = len(ciphertext)  # a multiple of 4: cookie fields and the tag
+        self.counters.nts += 1
+        return b"".join(
+            (
+                head,
+                _pack_auth_head(
+                    EF_NTS_AUTHENTICATOR,
+                    8 + reply_nonce_len + ciphertext_len,
+                    reply_nonce_len,
+                    ciphertext_len,
+                ),
+                nonce,
+                ciphertext,
+            )
+        )
 
-    def _nak(self, data: bytes, uid_field: bytes, receive_ns: int, transmit_ns: int) -> bytes:
+    def _nak(
+        self, data: bytes, uid_at: int, uid_end: int, receive_ns: int, transmit_ns: int
+    ) -> bytes:
         """RFC 8915 5.7: kiss code NTSN, the unique id echoed, no authenticator."""
         self.counters.nak += 1
         header = HEADER.pack(
@@ -298,7 +382,7 @@ class NtpResponder:
             _ntp_time(receive_ns),
             _ntp_time(transmit_ns),
         )
-        return header + uid_field
+        return header + data[uid_at:uid_end]
 
 
 _U16 = struct.Struct("!H")

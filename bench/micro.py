@@ -1,0 +1,219 @@
+"""In-process cost of gnomon's NTP reply path, without sockets.
+
+``.venv/bin/python bench/micro.py`` times ``NtpResponder.respond`` per scenario
+(plain, NTS with 0 or 1 placeholder, AEAD 15 and 30), with ``--primitives``
+the AEAD calls it makes, with ``--loop`` the UDP loop (``NtpService.drain``
+with ``recvmmsg`` and with ``recvmsg``, on loopback, replies to a socket
+nobody waits on), and with ``--profile SCENARIO`` prints a cProfile of that
+scenario.
+Requests are built the way the bench's load generator gets them: gnomon's
+client (``Association.build_request``) from cookies sealed by a CookieCodec,
+with ``--sessions`` distinct key sets (default 16, as bench/run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+import timeit
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
+from gnomon.proto.client import Association
+from gnomon.proto.cookie import CookieCodec, CookieKey
+from gnomon.proto.ke import MAX_COOKIES
+from gnomon.proto.server import NtpResponder, TimeSource
+
+SCENARIOS = {
+    "plain": (None, 0),
+    "nts0-15": (AES_SIV_CMAC_256, 0),
+    "nts1-15": (AES_SIV_CMAC_256, 1),
+    "nts0-30": (AES_128_GCM_SIV, 0),
+    "nts1-30": (AES_128_GCM_SIV, 1),
+}
+
+
+def requests(codec: CookieCodec, scenario: str, sessions: int, count: int) -> list[bytes]:
+    aead, placeholders = SCENARIOS[scenario]
+    if aead is None:
+        header = bytearray(48)
+        header[0] = 0x23
+        return [bytes(header[:40]) + os.urandom(8) for _ in range(count)]
+    out: list[bytes] = []
+    length = ALGORITHMS[aead].key_length
+    keys = [(os.urandom(length), os.urandom(length)) for _ in range(sessions)]
+    for i in range(count):
+        c2s, s2c = keys[i % sessions]
+        # A jar of 8 - placeholders cookies makes build_request send that many placeholders.
+        jar = [codec.seal(aead, c2s, s2c) for _ in range(MAX_COOKIES - placeholders)]
+        out.append(Association(aead, c2s, s2c, jar).build_request()[0])
+    return out
+
+
+def time_respond(responder: NtpResponder, packets: list[bytes], seconds: float) -> float:
+    respond = responder.respond
+    clock = time.time_ns
+    now = clock()
+    for packet in packets:  # warm-up and check
+        assert respond(packet, now, clock) is not None
+    loops = 0
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or loops < 3:
+        start = time.perf_counter()
+        for packet in packets:
+            respond(packet, now, clock)
+        best = min(best, (time.perf_counter() - start) / len(packets))
+        loops += 1
+    return best * 1e6
+
+
+def primitives() -> None:
+    """Each call the NTS path makes, at the sizes of an nts0 request (AEAD 30 and 15),
+    and what the former cookie format (AES-GCM-SIV per cookie) and os.urandom cost."""
+    from hashlib import blake2b
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV, AESSIV
+
+    gcm_siv, siv, gcm = AESGCMSIV(os.urandom(16)), AESSIV(os.urandom(32)), AESGCM(os.urandom(16))
+    nonce, nonce16, head = os.urandom(12), os.urandom(16), os.urandom(84)
+    request_ad = {30: os.urandom(156), 15: os.urandom(188)}
+    sealed = gcm.encrypt(nonce, bytes(34), b"k" * 6)
+    gcm_siv_sealed = gcm_siv.encrypt(nonce, bytes(34), b"k" * 6)
+    gcm_siv_request = gcm_siv.encrypt(nonce, b"", request_ad[30])
+    siv_request = siv.encrypt(b"", [request_ad[15], nonce16])
+    prf = blake2b(key=os.urandom(32), digest_size=60)
+
+    def nonces() -> bytes:
+        copy = prf.copy()
+        copy.update(bytes(16) + bytes(34))
+        return copy.digest()
+
+    cases = {
+        "cookie open: AESGCM.decrypt(50 B, ad 6 B)": lambda: gcm.decrypt(nonce, sealed, b"k" * 6),
+        "cookie seal: AESGCM.encrypt(34 B, ad 6 B)": lambda: gcm.encrypt(
+            nonce, bytes(34), b"k" * 6
+        ),
+        "cookie and reply nonces: BLAKE2b copy/update/digest": nonces,
+        "request check, AEAD 30: AESGCMSIV.decrypt(16 B, ad 156 B)": lambda: gcm_siv.decrypt(
+            nonce, gcm_siv_request, request_ad[30]
+        ),
+        "reply seal, AEAD 30: AESGCMSIV.encrypt(72 B, ad 84 B)": lambda: gcm_siv.encrypt(
+            nonce, bytes(72), head
+        ),
+        "request check, AEAD 15: AESSIV.decrypt(16 B, [ad 188 B, nonce])": lambda: siv.decrypt(
+            siv_request, [request_ad[15], nonce16]
+        ),
+        "reply seal, AEAD 15: AESSIV.encrypt(104 B, [ad 84 B, nonce])": lambda: siv.encrypt(
+            bytes(104), [head, nonce16]
+        ),
+        "former cookie open: AESGCMSIV.decrypt(50 B, ad 6 B)": lambda: gcm_siv.decrypt(
+            nonce, gcm_siv_sealed, b"k" * 6
+        ),
+        "former cookie seal: AESGCMSIV.encrypt(34 B, ad 6 B)": lambda: gcm_siv.encrypt(
+            nonce, bytes(34), b"k" * 6
+        ),
+        "former reply nonce: os.urandom(28)": lambda: os.urandom(28),
+    }
+    for name, call in cases.items():
+        number = 100_000
+        cost = min(timeit.repeat(call, number=number, repeat=5)) / number * 1e6
+        print(f"  {name:64s} {cost:6.2f} µs")
+
+
+def loop_costs() -> None:
+    """Per datagram: NtpService.drain receiving (the responder answers nothing), then
+    receiving and sending a 48-byte reply; each way of reading the socket."""
+    import socket
+
+    from gnomon.server.ntp import NtpService, open_ntp_socket
+
+    class Answer:
+        def __init__(self, reply: bytes | None) -> None:
+            self.reply = reply
+
+        def respond(self, data: bytes, receive_ns: int, clock: object) -> bytes | None:
+            return self.reply
+
+    def per_datagram(reply: bytes | None, mmsg: bool, count: int = 1024) -> float:
+        server = open_ntp_socket("127.0.0.1", 0)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
+            client.bind(("127.0.0.1", 0))
+            client.setblocking(False)
+            service = NtpService(Answer(reply), server)  # type: ignore[arg-type]
+            if not mmsg:
+                service._batch = None
+            best = float("inf")
+            for _ in range(7):
+                for _ in range(count):
+                    client.sendto(bytes(228), server.getsockname())
+                start = time.perf_counter()
+                for _ in range(count // 64 + 2):
+                    service.drain()
+                best = min(best, (time.perf_counter() - start) / count)
+                try:
+                    while True:
+                        client.recv(4096)
+                except BlockingIOError:
+                    pass
+            return best * 1e6
+        finally:
+            server.close()
+            client.close()
+
+    for mmsg in (True, False):
+        name = "recvmmsg" if mmsg else "recvmsg "
+        print(
+            f"  {name}: receive {per_datagram(None, mmsg):5.2f} µs, "
+            f"receive + sendto {per_datagram(bytes(48), mmsg):5.2f} µs per datagram"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="per scenario")
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=512)
+    parser.add_argument("--profile", choices=SCENARIOS, help="cProfile one scenario")
+    parser.add_argument("--primitives", action="store_true", help="also time the AEAD calls")
+    parser.add_argument("--loop", action="store_true", help="also time the UDP loop")
+    args = parser.parse_args()
+    codec = CookieCodec(CookieKey(1, os.urandom(16)))
+    synced = TimeSource(leap=0, stratum=2, reference_id=b"\x7f\x00\x00\x01")
+    if args.profile:
+        responder = NtpResponder(codec, synced)
+        packets = requests(codec, args.profile, args.sessions, args.requests)
+        respond, clock, now = responder.respond, time.time_ns, time.time_ns()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(200):
+            for packet in packets:
+                respond(packet, now, clock)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(20)
+        return
+    print("NtpResponder.respond, best per-request time:")
+    for scenario in SCENARIOS:
+        responder = NtpResponder(codec, synced)
+        packets = requests(codec, scenario, args.sessions, args.requests)
+        cost = time_respond(responder, packets, args.seconds)
+        print(f"  {scenario:8s} {cost:6.2f} µs  ({len(packets[0])} B request)")
+    if args.primitives:
+        print("AEAD primitives (cryptography, per call):")
+        primitives()
+    if args.loop:
+        print("UDP loop (NtpService.drain), loopback:")
+        loop_costs()
+
+
+if __name__ == "__main__":
+    main()
