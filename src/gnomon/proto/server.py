@@ -181,6 +181,17 @@ class NtpResponder:
         self._first = source.leap << 6 | MODE_SERVER
         self._stratum = source.stratum
 
+    def _plain_reply(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes:
+        return _pack_reply_head(
+            self._first | (data[0] & 0x38),
+            self._stratum,
+            data[2],
+            self._static,
+            data[40:48],
+            ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
+            ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,
+        )
+
     def respond(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes | None:
         length = len(data)
         if length < HEADER_LEN:
@@ -195,15 +206,7 @@ class NtpResponder:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1
-            return _pack_reply_head(
-                self._first | (first & 0x38),
-                self._stratum,
-                data[2],
-                self._static,
-                data[40:48],
-                ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
-                ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,
-            )
+            return self._plain_reply(data, receive_ns, clock)
         # Scan extension fields up to the authenticator (RFC 7822 framing).
         uid_at = uid_end = cookie_at = cookie_end = auth_at = auth_end = -1
         placeholders = None  # field lengths
@@ -250,15 +253,7 @@ class NtpResponder:
                 self.counters.dropped += 1
                 return None
             self.counters.plain += 1  # unknown extensions: answer the header only
-            return _pack_reply_head(
-                self._first | (first & 0x38),
-                self._stratum,
-                data[2],
-                self._static,
-                data[40:48],
-                ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
-                ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,
-            )
+            return self._plain_reply(data, receive_ns, clock)
         if uid_at < 0 or uid_end - uid_at - 4 < MIN_UNIQUE_ID_LEN or cookie_at < 0:
             self.counters.malformed += 1
             return None
