@@ -50,6 +50,14 @@ CASES: dict[str, tuple[Callable[[DemoPki, Path], str], str]] = {
         lambda p, t: toml_config(p).replace('"127.0.0.1"', '"localhost"'),
         "server.listen",
     ),
+    "rate-limit-table-too-small": (
+        lambda p, t: toml_config(p, extra="[limits]\nntp_rate_max_clients = 1\n"),
+        "limits.ntp_rate_max_clients",
+    ),
+    "bad-deny-network": (
+        lambda p, t: toml_config(p, extra='[limits]\ndeny = ["10.0.0.1/8"]\n'),
+        "limits.deny",
+    ),
     "bad-aead": (lambda p, t: toml_config(p, extra="[nts]\naeads = [99]\n"), "nts.aeads"),
     "not-toml": (lambda p, t: toml_config(p) + "this is = not = toml\n", "TOML"),
     "missing-certificate-file": (

@@ -45,6 +45,10 @@ path = "{tmp_path / "keys.json"}"
 local_stratum = 10
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
+[limits]
+ntp_rate_limit = true
+ntp_rate_burst = 16
+ntp_rate_interval = 3600.0
 """
     )
     server = ServerProcess(config, tmp_path / "ready.json")
@@ -58,6 +62,10 @@ listen = "127.0.0.1:{metrics_port}"
             sock.sendto(NtpHeader(transmit_ts=1).encode(), ("127.0.0.1", info["ntp_port"]))
             assert sock.recv(100)
             sock.sendto(b"\x23" + bytes(60), ("127.0.0.1", info["ntp_port"]))  # bad framing
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.5", 0))  # a client over its limit: 16 answered, 14 refused
+            for _ in range(30):
+                sock.sendto(NtpHeader(transmit_ts=2).encode(), ("127.0.0.1", info["ntp_port"]))
         url = f"http://127.0.0.1:{metrics_port}/metrics"
 
         def counted() -> bool:
@@ -66,7 +74,8 @@ listen = "127.0.0.1:{metrics_port}"
             ke = values.get("gnomon_ke_connections_total", {})
             return (
                 ntp.get("nts") == 3
-                and ntp.get("plain") == 1
+                and ntp.get("plain") == 17
+                and ntp.get("rate_limited", 0) + ntp.get("rate_kiss", 0) == 14
                 and ntp.get("malformed") == 1
                 and (ke.get("ok") == 1)
             )
@@ -74,10 +83,12 @@ listen = "127.0.0.1:{metrics_port}"
         assert _wait_for(counted), fetch_metrics(url)
         values = fetch_metrics(url)
         assert values["gnomon_synchronized"][""] == 1 and values["gnomon_stratum"][""] == 10
+        assert values["gnomon_ntp_rate_limit_clients"][""] == 2  # 127.0.0.1 and 127.0.0.5
         expiry = values["gnomon_certificate_expiry_timestamp_seconds"][""]
         assert 20 * 86400 < expiry - time.time() < 31 * 86400  # demo certificates last 30 days
         text = summarize(values)
         assert "synchronised, stratum 10" in text and "nts 3" in text
+        assert "2 client prefixes tracked" in text
         status = subprocess.run(
             [sys.executable, "-m", "gnomon", "status", "--url", url],
             capture_output=True, text=True, timeout=30, check=False,

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 
 from ..proto.acl import Acl
 from ..proto.cookie import CookieCodec
-from ..proto.ratelimit import KeRateLimiter
+from ..proto.ratelimit import KeRateLimiter, RateLimiter
 from ..proto.server import KeResponder, NtpResponder, TimeSource
 from .certificates import CertificateSource
 from .config import ServerConfig, read_fleet_secret, split_host_port
 from .ke import KeLimits, KeService
 from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
 from .metrics import MULTIPROC_ENV, MetricsExporter, serve_metrics
-from .ntp import NtpService, open_ntp_socket
+from .ntp import Admission, NtpService, open_ntp_socket, steer_by_source
 from .redisstore import RedisKeyStore
 from .upstream import UpstreamPoller, local_time_source
 
@@ -43,6 +43,7 @@ def initial_time_source(config: ServerConfig) -> TimeSource:
 
 SHARED_KEY_REFRESH = 5.0  # seconds between reads of a shared key store
 METRICS_INTERVAL = 1.0  # seconds between metric updates
+RATE_LIMIT_EXPIRY = 60.0  # seconds between sweeps of the NTP rate limiter's table
 
 
 def roles_of(config: ServerConfig) -> frozenset[str]:
@@ -122,6 +123,14 @@ class Server:
             ntp_port=advertised_port,
         )
         self.acl = Acl(allow=config.allow, deny=config.deny)
+        self.ntp_limiter: RateLimiter | None = None
+        if config.ntp_rate_limit:
+            self.ntp_limiter = RateLimiter(
+                config.ntp_rate_interval,
+                config.ntp_rate_burst,
+                max_entries=config.ntp_rate_max_clients,
+            )
+        self.ntp_admission = Admission(self.acl, self.ntp_limiter)
         self.certificates: CertificateSource | None = None
         self.ke_service: KeService | None = None
         if "ke" in self.roles:
@@ -170,7 +179,16 @@ class Server:
                 if self.ke.ntp_port is None and ntp_port != 123:
                     self.ke.ntp_port = ntp_port
                 for sock in sockets:
-                    service = NtpService(self.ntp, sock)
+                    if self.reuse_port and self.ntp_limiter is not None:
+                        # One bucket per client needs one worker per client.
+                        limiter = self.ntp_limiter
+                        prefix = (
+                            limiter.ipv4_prefix
+                            if sock.family == socket.AF_INET
+                            else limiter.ipv6_prefix
+                        )
+                        steer_by_source(sock, config.workers, prefix)
+                    service = NtpService(self.ntp, sock, admission=self.ntp_admission)
                     service.attach(loop)
                     self.ntp_services.append(service)
             if self.ke_service is not None:
@@ -183,6 +201,8 @@ class Server:
             if config.user is not None:
                 drop_privileges(config.user)
             tasks.append(asyncio.create_task(self._rotate_keys()))
+            if self.ntp_limiter is not None and "ntp" in self.roles:
+                tasks.append(asyncio.create_task(self._expire_rate_limits(self.ntp_limiter)))
             if isinstance(self.key_store, RedisKeyStore):
                 tasks.append(asyncio.create_task(self._refresh_shared_keys(self.key_store)))
             if config.upstream and "ntp" in self.roles:
@@ -239,6 +259,12 @@ class Server:
         while True:
             exporter.update()
             await asyncio.sleep(METRICS_INTERVAL)
+
+    async def _expire_rate_limits(self, limiter: RateLimiter) -> None:
+        """Give back the memory of clients whose buckets are full again."""
+        while True:
+            await asyncio.sleep(RATE_LIMIT_EXPIRY)
+            limiter.expire(time.monotonic())
 
     async def _rotate_keys(self) -> None:
         while True:

@@ -65,6 +65,7 @@ deny = []                    # CIDR networks never served, for NTP and NTS-KE
 ntp_rate_limit = false       # per client address (/32, /64): RATE kisses past the limit
 ntp_rate_interval = 2.0      # seconds per request once the burst is spent
 ntp_rate_burst = 16
+ntp_rate_max_clients = 65536 # address prefixes tracked per NTP worker (bounds memory)
 ke_rate_interval = 6.0       # NTS-KE connections: one per 6 s per address after a burst
 ke_rate_burst = 20
 """
@@ -103,6 +104,7 @@ class ServerConfig:
     ntp_rate_limit: bool = False
     ntp_rate_interval: float = 2.0
     ntp_rate_burst: int = 16
+    ntp_rate_max_clients: int = 65_536
     ke_rate_interval: float = 6.0
     ke_rate_burst: int = 20
 
@@ -146,6 +148,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "ntp_rate_limit": ("ntp_rate_limit", bool),
         "ntp_rate_interval": ("ntp_rate_interval", (int, float)),
         "ntp_rate_burst": ("ntp_rate_burst", int),
+        "ntp_rate_max_clients": ("ntp_rate_max_clients", int),
         "ke_rate_interval": ("ke_rate_interval", (int, float)),
         "ke_rate_burst": ("ke_rate_burst", int),
     },
@@ -257,6 +260,8 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
     for name in ("ntp_rate_burst", "ke_rate_burst"):
         if values.get(name, 1) < 1:
             raise ConfigError(f"{source}: limits.{name} must be at least 1")
+    if not 2 <= values.get("ntp_rate_max_clients", 2) <= 1 << 24:
+        raise ConfigError(f"{source}: limits.ntp_rate_max_clients must be between 2 and 16777216")
     if values.get("user") is not None:
         try:
             pwd.getpwnam(values["user"])

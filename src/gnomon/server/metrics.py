@@ -36,6 +36,7 @@ _Mode = Literal["livesum", "livemax", "livemin"]
 _GAUGES: dict[str, tuple[str, _Mode]] = {
     # name: (help, how values of several processes combine)
     "gnomon_ke_in_flight": ("NTS-KE connections open", "livesum"),
+    "gnomon_ntp_rate_limit_clients": ("Client prefixes the NTP rate limiter tracks", "livesum"),
     "gnomon_cookie_key_id": ("Cookie key in force", "livemax"),
     "gnomon_cookie_key_age_seconds": ("Age of the cookie key in force", "livemax"),
     "gnomon_key_store_reachable": ("1 if the shared key store answered last time", "livemin"),
@@ -90,11 +91,14 @@ class MetricsExporter:
         if "ntp" in server.roles:
             values = server.ntp.counters.as_dict()
             values["io_error"] = sum(service.errors for service in server.ntp_services)
+            values.update(server.ntp_admission.counters())
             self._count(metrics.ntp, "ntp", values)
             source = server.ntp.time_source
             synchronized = source.leap != 3 and 1 <= source.stratum < 16
             metrics.set("gnomon_synchronized", 1 if synchronized else 0)
             metrics.set("gnomon_stratum", source.stratum)
+            if server.ntp_limiter is not None:
+                metrics.set("gnomon_ntp_rate_limit_clients", len(server.ntp_limiter))
             if server.poller is not None and server.poller.last_offset is not None:
                 metrics.set("gnomon_upstream_offset_seconds", server.poller.last_offset)
         ke = server.ke_service

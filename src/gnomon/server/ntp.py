@@ -13,6 +13,12 @@ buffers allocated once; each comes with its kernel receive timestamp
 cached. That costs 0.7-0.9 µs less per request than ``socket.recvmsg``
 (``bench/micro.py --loop``; bench/README.md, "Profile"). Elsewhere, or if
 libc cannot be used, the service falls back to ``recvmsg`` in a loop.
+
+Abuse controls sit in front of the responder, so what is refused costs no
+cryptography: an :class:`Admission` (allow/deny lists and the per-address
+rate limiter of ``proto/ratelimit.py``) decides each datagram from its
+source address before it is parsed. With neither configured the loop makes
+no call for it at all.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..ntpclient import _ANCILLARY_SPACE, _TIMESPEC, SO_TIMESTAMPNS
+from ..proto.acl import Acl
+from ..proto.ratelimit import DROP, KISS, RateLimiter, build_rate_kiss
 from ..proto.server import NtpResponder
 
 log = logging.getLogger("gnomon.ntp")
@@ -49,6 +57,76 @@ def open_ntp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
+
+
+# --- steering clients to workers (Linux) ---------------------------------------------------
+
+_SO_ATTACH_REUSEPORT_CBPF = 51
+_SKF_NET_OFF = 0xFFF00000  # -0x100000: loads relative to the IP header
+_FILTER = struct.Struct("@HBBI")  # struct sock_filter
+_FPROG = struct.Struct("@H6xP")  # struct sock_fprog
+_LD_ABS_W, _AND_K, _MUL_K, _RSH_K, _MOD_K, _XOR_X, _TAX, _RET_A = (
+    0x20, 0x54, 0x24, 0x74, 0x94, 0xAC, 0x07, 0x16
+)  # fmt: skip
+_GOLDEN = 0x9E3779B1
+
+
+def _prefix_mask(bits: int) -> int:
+    bits = max(0, min(32, bits))
+    return (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+
+
+def steering_program(family: int, workers: int, prefix: int) -> list[tuple[int, int, int, int]]:
+    """A classic BPF program choosing a reuseport socket from the source prefix.
+
+    It hashes the first ``prefix`` bits of the source address (IPv4 at bytes
+    12-16 of the IP header, IPv6 the first 64 bits at bytes 8-16) and returns
+    the hash modulo ``workers``: every datagram from one rate-limiting bucket
+    reaches the same worker, whatever source port it comes from.
+    """
+    if family == socket.AF_INET:
+        load = [(_LD_ABS_W, 0, 0, _SKF_NET_OFF + 12), (_AND_K, 0, 0, _prefix_mask(prefix))]
+    else:
+        load = [
+            (_LD_ABS_W, 0, 0, _SKF_NET_OFF + 8),
+            (_AND_K, 0, 0, _prefix_mask(prefix)),
+            (_TAX, 0, 0, 0),
+            (_LD_ABS_W, 0, 0, _SKF_NET_OFF + 12),
+            (_AND_K, 0, 0, _prefix_mask(prefix - 32)),
+            (_XOR_X, 0, 0, 0),
+        ]
+    return [
+        *load,
+        (_MUL_K, 0, 0, _GOLDEN),
+        (_RSH_K, 0, 0, 16),
+        (_MOD_K, 0, 0, workers),
+        (_RET_A, 0, 0, 0),
+    ]
+
+
+def steer_by_source(sock: socket.socket, workers: int, prefix: int) -> bool:
+    """Make the kernel pick this port's reuseport socket by source prefix.
+
+    With several workers each keeps its own rate limiter; the kernel's default
+    choice hashes addresses *and ports*, so a client changing source ports
+    would meet every worker's bucket in turn and get ``workers`` times its
+    rate. A socket index past the group's size (a worker being restarted)
+    falls back to the kernel's own hash. Returns False where unsupported.
+    """
+    if not sys.platform.startswith("linux") or workers < 2:
+        return False
+    program = steering_program(sock.family, workers, prefix)
+    code = ctypes.create_string_buffer(b"".join(_FILTER.pack(*op) for op in program))
+    try:
+        sock.setsockopt(
+            _SOL_SOCKET,
+            _SO_ATTACH_REUSEPORT_CBPF,
+            _FPROG.pack(len(program), ctypes.addressof(code)),
+        )
+    except OSError as exc:
+        log.warning("cannot steer NTP clients to workers by address: %s", exc)
+        return False
+    return True
 
 
 # --- recvmmsg (Linux, LP64) ----------------------------------------------------------------
@@ -139,12 +217,61 @@ def _decode_address(family: int, name: bytes) -> Any:
     return socket.inet_ntop(socket.AF_INET6, name[8:24]), port, flowinfo, scope_id
 
 
+class Admission:
+    """Who gets an answer: allow/deny lists, then the per-address rate limit.
+
+    :meth:`decide` returns None to answer normally, or what was done instead:
+    ``"denied"``, ``"rate_limited"`` (dropped) or ``"rate_kiss"`` (answer with
+    a RATE kiss-o'-death). Counts every outcome but the normal one.
+    """
+
+    def __init__(self, acl: Acl | None = None, limiter: RateLimiter | None = None) -> None:
+        self.acl = None if acl is None or acl.unrestricted else acl
+        self.limiter = limiter
+        self.denied = 0
+        self.rate_limited = 0
+        self.rate_kiss = 0
+
+    @property
+    def active(self) -> bool:
+        return self.acl is not None or self.limiter is not None
+
+    def decide(self, host: str, now: float) -> str | None:
+        if self.acl is not None and not self.acl.permits(host):
+            self.denied += 1
+            return "denied"
+        if self.limiter is not None:
+            verdict = self.limiter.check_host(host, now)
+            if verdict is DROP:
+                self.rate_limited += 1
+                return "rate_limited"
+            if verdict is KISS:
+                self.rate_kiss += 1
+                return "rate_kiss"
+        return None
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "denied": self.denied,
+            "rate_limited": self.rate_limited,
+            "rate_kiss": self.rate_kiss,
+        }
+
+
 class NtpService:
-    def __init__(self, responder: NtpResponder, sock: socket.socket, batch: int = 64) -> None:
+    def __init__(
+        self,
+        responder: NtpResponder,
+        sock: socket.socket,
+        batch: int = 64,
+        *,
+        admission: Admission | None = None,
+    ) -> None:
         self.responder = responder
         self.sock = sock
         self.batch = batch
         self.errors = 0
+        self.admission = admission if admission is not None and admission.active else None
         self._recvmmsg = _libc_recvmmsg() if batch > 0 else None
         self._batch: _Batch | None = None
         self._addresses: dict[bytes, Any] = {}
@@ -177,6 +304,8 @@ class NtpService:
         respond = self.responder.respond
         sendto = self.sock.sendto
         time_ns = time.time_ns
+        admission = self.admission
+        now = time.monotonic() if admission is not None else 0.0
         try:
             for i in range(count):
                 _, level, kind, seconds, nanoseconds, name = aux_of(aux, i * _AUX)
@@ -185,24 +314,26 @@ class NtpService:
                 else:
                     received = time_ns()
                 at = i * MAX_REQUEST
+                request = bytes(data[at : at + length_of(headers, i * _HDR + _MSG_LEN_AT)[0]])
+                address = addresses.get(name)
+                if admission is not None:
+                    if address is None:
+                        address = self._remember(name)
+                    outcome = admission.decide(address[0], now)
+                    if outcome is not None:
+                        reply = _refusal(outcome, request, received)
+                        if reply is not None:
+                            self._send(reply, address)
+                        continue
                 try:
-                    reply = respond(
-                        bytes(data[at : at + length_of(headers, i * _HDR + _MSG_LEN_AT)[0]]),
-                        received,
-                        time_ns,
-                    )
+                    reply = respond(request, received, time_ns)
                 except Exception:  # a bug must cost one packet, never the worker
                     self.errors += 1
                     log.exception("NTP request failed")
                     continue
                 if reply is not None:
-                    address = addresses.get(name)
                     if address is None:
-                        if len(addresses) >= _ADDRESS_CACHE:
-                            addresses.clear()
-                        address = addresses[name] = _decode_address(
-                            int.from_bytes(name[:2], sys.byteorder), name
-                        )
+                        address = self._remember(name)
                     try:
                         sendto(reply, address)
                     except OSError:
@@ -211,11 +342,26 @@ class NtpService:
             headers[: count * _HDR] = batch.headers_template[: count * _HDR]
             aux[: count * _AUX] = batch.aux_template[: count * _AUX]
 
+    def _remember(self, name: bytes) -> Any:
+        """The socket address in a raw sockaddr, decoded once and cached (bounded)."""
+        addresses = self._addresses
+        if len(addresses) >= _ADDRESS_CACHE:
+            addresses.clear()
+        address = addresses[name] = _decode_address(int.from_bytes(name[:2], sys.byteorder), name)
+        return address
+
+    def _send(self, reply: bytes, address: Any) -> None:
+        try:
+            self.sock.sendto(reply, address)
+        except OSError:
+            self.errors += 1
+
     def _drain_recvmsg(self) -> None:
         recvmsg = self.sock.recvmsg
-        sendto = self.sock.sendto
         respond = self.responder.respond
         time_ns = time.time_ns
+        admission = self.admission
+        now = time.monotonic() if admission is not None else 0.0
         for _ in range(self.batch):
             try:
                 data, ancillary, _, address = recvmsg(MAX_REQUEST, _ANCILLARY_SPACE)
@@ -229,6 +375,13 @@ class NtpService:
                 received = seconds * 1_000_000_000 + nanoseconds
             else:
                 received = time_ns()
+            if admission is not None:
+                outcome = admission.decide(address[0], now)
+                if outcome is not None:
+                    reply = _refusal(outcome, data, received)
+                    if reply is not None:
+                        self._send(reply, address)
+                    continue
             try:
                 reply = respond(data, received, time_ns)
             except Exception:  # a bug must cost one packet, never the worker
@@ -236,7 +389,11 @@ class NtpService:
                 log.exception("NTP request from %s failed", address)
                 continue
             if reply is not None:
-                try:
-                    sendto(reply, address)
-                except OSError:
-                    self.errors += 1
+                self._send(reply, address)
+
+
+def _refusal(outcome: str, request: bytes, received: int) -> bytes | None:
+    """What to send instead of an answer: a RATE kiss, or nothing."""
+    if outcome == "rate_kiss":
+        return build_rate_kiss(request, received, time.time_ns())
+    return None

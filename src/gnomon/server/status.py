@@ -43,6 +43,9 @@ def summarize(values: dict[str, dict[str, float]]) -> str:
     ntp = values.get("gnomon_ntp_requests_total", {})
     if ntp:
         lines.append("NTP:         " + ", ".join(f"{k} {int(v)}" for k, v in sorted(ntp.items())))
+    tracked = one("gnomon_ntp_rate_limit_clients")
+    if tracked is not None:
+        lines.append(f"rate limit:  {int(tracked)} client prefixes tracked")
     ke = values.get("gnomon_ke_connections_total", {})
     if ke:
         lines.append("NTS-KE:      " + ", ".join(f"{k} {int(v)}" for k, v in sorted(ke.items())))
