@@ -24,6 +24,8 @@ from OpenSSL import SSL
 from .errors import CertificateError, TlsError
 
 ALPN_NTSKE = b"ntske/1"
+_BIO_READ_SIZE = 65536
+_RECORD_SIZE = 16384  # the most plaintext one TLS record carries
 
 
 def _is_ip(host: str) -> bool:
@@ -126,13 +128,16 @@ class TlsEngine:
             self.conn.bio_write(data)
 
     def outgoing(self) -> bytes:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             try:
-                chunk = self.conn.bio_read(65536)
+                chunk = self.conn.bio_read(_BIO_READ_SIZE)
             except SSL.WantReadError:
                 break
-            if not chunk:
+            if len(chunk) < _BIO_READ_SIZE:  # a memory BIO gives all it holds: drained
+                if not chunks:
+                    return chunk
+                chunks.append(chunk)
                 break
             chunks.append(chunk)
         return b"".join(chunks)
@@ -170,6 +175,22 @@ class TlsEngine:
                 break
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def read_record(self) -> bytes:
+        """The application data of the next TLS record, b"" if none is complete yet.
+
+        Sets ``closed`` on a close_notify. For a reader that can tell when it has
+        enough (one NTS-KE message), without the failing read that ends :meth:`read`.
+        """
+        try:
+            return self.conn.recv(_RECORD_SIZE)
+        except SSL.WantReadError:
+            return b""
+        except SSL.ZeroReturnError:
+            self.closed = True
+            return b""
+        except SSL.Error as exc:
+            raise TlsError(f"TLS read failed: {_describe(exc)}") from None
 
     def close(self) -> None:
         """Queue a close_notify alert."""

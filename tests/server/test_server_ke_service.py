@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
 import pytest
 from OpenSSL import SSL
+from OpenSSL._util import lib as openssl_lib
 
 from gnomon.certs import DemoPki
 from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, derive_keys
 from gnomon.proto.client import Association
-from gnomon.proto.ke import MAX_COOKIES, ErrorCode, Record, RecordType
+from gnomon.proto.cookie import CookieCodec, CookieKey
+from gnomon.proto.ke import MAX_COOKIES, ErrorCode, Record, RecordStream, RecordType
+from gnomon.proto.server import KeResponder
 from gnomon.session import Session
+from gnomon.tls import TlsEngine
 
 from .helpers import (
     LOOPBACK,
@@ -253,3 +258,105 @@ async def test_dual_stack_listen(pki: DemoPki) -> None:
             result = await session.aquery(host, server.bound_ke_port)
             assert result.authenticated
             assert result.address == host
+
+
+# --- TLS sessions: NTS-KE clients never resume -------------------------------------------
+
+
+def _second_handshake_resumes(port: int) -> tuple[bool, int]:
+    """(whether a handshake offering the session a full exchange left behind was resumed,
+    the bytes of TLS records that came after the server's first flight)."""
+    with RawKeClient(port) as first:
+        first.handshake()
+        first.send(GOOD)
+        seen = 0
+        stream = RecordStream(1 << 20)
+        records = None
+        while records is None:
+            data = first._recv()
+            seen += len(data)
+            first.tls.receive(data)
+            records = stream.feed(first.tls.read())  # takes in any NewSessionTicket too
+        session = first.tls.conn.get_session()
+        context = first.tls.conn.get_context()
+    assert len(cookies(records)) == MAX_COOKIES
+    with RawKeClient(port) as second:
+        second.tls = TlsEngine(context, server_side=False)  # a session resumes in its context
+        second.tls.conn.set_session(session)
+        second.handshake()
+        return bool(openssl_lib.SSL_session_reused(second.tls.conn._ssl)), seen
+
+
+async def test_server_issues_no_resumable_session(pki: DemoPki) -> None:
+    """No stateless tickets (each an encrypted copy of the session: two per handshake by
+    OpenSSL's default) and no session cache: nothing a client could resume with."""
+    async with running_server(base_config(pki)) as server:
+        resumed, after_flight = await asyncio.to_thread(
+            _second_handshake_resumes, server.bound_ke_port
+        )
+        context = server.certificates.context()  # type: ignore[union-attr]
+    assert not resumed
+    assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    # After the handshake: the response (~650 bytes with close_notify) and, from OpenSSL
+    # releases that still send them, two useless 79-byte stateful tickets; OpenSSL's default
+    # stateless ones are 255 bytes each (about 1160 bytes in all).
+    assert after_flight < 1000
+
+
+# --- the write path: a peer that takes the response slowly --------------------------------
+
+
+class _BigOutput:
+    """Stands in for a TLS engine with more to send than a socket buffer takes at once."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def outgoing(self) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+
+async def test_response_larger_than_the_socket_buffer_is_written_in_full(pki: DemoPki) -> None:
+    from gnomon.server.certificates import CertificateSource
+    from gnomon.server.ke import KeLimits, KeService, _KeConnection
+
+    service = KeService(
+        KeResponder(lambda: CookieCodec(CookieKey(1, bytes(16)))),
+        CertificateSource(pki.cert_chain, pki.key),
+        KeLimits(timeout=5.0),
+    )
+    listener = await service.listen(LOOPBACK, 0)
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        fd = ours.detach()
+        os.set_blocking(fd, False)
+        connection = _KeConnection(service, fd, time.monotonic() + 5.0)
+        service._connections[fd] = connection
+        service.active += 1
+        payload = os.urandom(1 << 20)
+        connection.engine = _BigOutput(payload)  # type: ignore[assignment]
+        connection._respond(b"")
+        assert connection.pending  # the socket took part of it
+        assert service.active == 1  # still open until the rest is written
+
+        def read_all() -> bytes:
+            theirs.settimeout(5.0)
+            chunks = []
+            while chunk := theirs.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        received = await asyncio.to_thread(read_all)
+    finally:
+        theirs.close()
+        listener.close()
+    assert received == payload  # all of it, in order, then the close
+    assert service.active == 0

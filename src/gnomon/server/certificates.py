@@ -69,6 +69,15 @@ def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, d
     context.use_privatekey(key)
     context.check_privatekey()
     context.set_alpn_select_callback(_select_alpn)
+    # NTS-KE clients do not resume TLS sessions (a client runs NTS-KE again only when its
+    # cookies are gone, often much later), so TLS 1.3 session tickets are pure cost: OpenSSL
+    # issues two per handshake by default, each a serialised and encrypted session.
+    # pyOpenSSL has no SSL_CTX_set_num_tickets; with SSL_OP_NO_TICKET OpenSSL issues
+    # stateful tickets instead (a session ID, no encryption), and with the session cache
+    # off there is nothing kept and nothing any ticket could resume. (Newer OpenSSL sends
+    # no ticket at all with these two settings.)
+    context.set_options(SSL.OP_NO_TICKET)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     return context, expiry
 
 
