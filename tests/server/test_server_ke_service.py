@@ -26,6 +26,7 @@ from .helpers import (
     Refused,
     aead_record,
     base_config,
+    client_context,
     compliant_record,
     error_code,
     ke_request,
@@ -360,3 +361,32 @@ async def test_response_larger_than_the_socket_buffer_is_written_in_full(pki: De
         listener.close()
     assert received == payload  # all of it, in order, then the close
     assert service.active == 0
+
+
+# --- cipher suite: the server's choice ------------------------------------------------------
+
+
+def _negotiated_cipher(port: int, suites: bytes | None) -> str:
+    with RawKeClient(port) as client:
+        if suites is not None:
+            context = client_context()
+            context.set_tls13_ciphersuites(suites)
+            client.tls = TlsEngine(context, server_side=False)
+        client.handshake()
+        return str(client.tls.conn.get_cipher_name())
+
+
+@pytest.mark.parametrize(
+    ("client_suites", "expected"),
+    [
+        (None, "TLS_AES_128_GCM_SHA256"),  # OpenSSL's client asks for AES-256-GCM first
+        (b"TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"),
+        (b"TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384"),
+    ],
+)
+async def test_server_chooses_the_cipher_suite(
+    pki: DemoPki, client_suites: bytes | None, expected: str
+) -> None:
+    async with running_server(base_config(pki)) as server:
+        cipher = await asyncio.to_thread(_negotiated_cipher, server.bound_ke_port, client_suites)
+    assert cipher == expected

@@ -381,6 +381,7 @@ class NtpResponder:
 
 
 _U16 = struct.Struct("!H")
+_RECORD_HEAD = struct.Struct("!HH")  # record type (critical bit clear), body length
 
 
 @dataclass
@@ -439,14 +440,15 @@ class KeResponder:
         if chosen == AES_128_GCM_SIV and request.compliant_gcm_siv:
             records.append(Record(RecordType.COMPLIANT_AES_128_GCM_SIV_EXPORTER))
         c2s, s2c = derive_keys(exporter, chosen, compliant=compliant)
-        codec = self.codec_provider()
-        records.extend(
-            Record(RecordType.NEW_COOKIE, codec.seal(chosen, c2s, s2c)) for _ in range(MAX_COOKIES)
-        )
+        cookies = self.codec_provider().seal_many(chosen, c2s, s2c, MAX_COOKIES)
+        cookie_head = _RECORD_HEAD.pack(RecordType.NEW_COOKIE, len(cookies[0]))  # all one size
+        tail: list[Record] = []
         if self.ntp_server is not None:
-            records.append(Record(RecordType.NTPV4_SERVER, self.ntp_server.encode("ascii")))
+            tail.append(Record(RecordType.NTPV4_SERVER, self.ntp_server.encode("ascii")))
         if self.ntp_port is not None:
-            records.append(Record(RecordType.NTPV4_PORT, _U16.pack(self.ntp_port)))
-        records.append(Record(RecordType.END_OF_MESSAGE, critical=True))
+            tail.append(Record(RecordType.NTPV4_PORT, _U16.pack(self.ntp_port)))
+        tail.append(Record(RecordType.END_OF_MESSAGE, critical=True))
         self.counters.ok += 1
-        return encode_records(records)
+        return b"".join(
+            (encode_records(records), *[cookie_head + c for c in cookies], encode_records(tail))
+        )

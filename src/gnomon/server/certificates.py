@@ -23,6 +23,9 @@ from ..tls import ALPN_NTSKE
 
 log = logging.getLogger("gnomon.tls")
 
+TLS13_CIPHERSUITES = b"TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
+_OP_PRIORITIZE_CHACHA = 0x00200000  # SSL_OP_PRIORITIZE_CHACHA; pyOpenSSL has no name for it
+
 
 def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     if ALPN_NTSKE not in offered:
@@ -78,6 +81,12 @@ def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, d
     # no ticket at all with these two settings.)
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    # The server's choice of cipher suite: AES-128-GCM (SHA-256 key schedule) before
+    # AES-256-GCM (SHA-384), about 20 µs less per handshake. 128-bit is the security level
+    # of everything else here (P-256 or X25519 certificates and key shares, the NTS AEADs'
+    # 128-bit keys). A client that puts ChaCha20 first (no AES hardware) gets ChaCha20.
+    context.set_tls13_ciphersuites(TLS13_CIPHERSUITES)
+    context.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE | _OP_PRIORITIZE_CHACHA)
     return context, expiry
 
 
