@@ -43,7 +43,6 @@ log = logging.getLogger("gnomon.ntp")
 MAX_REQUEST = 2048
 _MSG_DONTWAIT = 0x40
 _ADDRESS_CACHE = 4096
-_ROUNDS = 16  # recvmmsg calls per event-loop wakeup at most
 _SOL_SOCKET = socket.SOL_SOCKET
 
 
@@ -286,32 +285,19 @@ class NtpService:
         loop.remove_reader(self.sock.fileno())
 
     def drain(self) -> None:
-        """Answer what is queued; under load, also what arrived meanwhile.
-
-        A read that found several datagrams means clients are busy, so more
-        have likely come in while they were answered: reading again at once
-        costs one system call where going back to the event loop costs a
-        whole iteration of it (``epoll_wait``, handles, timers). A read that
-        found one (a quiet server) returns at once. At most ``_ROUNDS`` reads
-        per wakeup, so timers still run under a flood.
-        """
-        batch = self._batch
-        if batch is None:
+        if self._batch is not None:
+            self._drain_mmsg(self._batch)
+        else:
             self._drain_recvmsg()
-            return
-        for _ in range(_ROUNDS):
-            if self._drain_mmsg(batch) < 2:
-                return
 
-    def _drain_mmsg(self, batch: _Batch) -> int:
-        """One ``recvmmsg`` for up to ``batch`` datagrams, each answered in turn;
-        returns how many were read."""
+    def _drain_mmsg(self, batch: _Batch) -> None:
+        """One ``recvmmsg`` for up to ``batch`` datagrams, each answered in turn."""
         assert self._recvmmsg is not None
         count = self._recvmmsg(self.sock.fileno(), batch.address, batch.size, _MSG_DONTWAIT, None)
         if count <= 0:
             if count < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR):
                 self.errors += 1
-            return 0
+            return
         headers, aux, data, aux_of = batch.headers, batch.aux, batch.data, batch.aux_of
         length_of = _MSG_LEN.unpack_from
         addresses = self._addresses
@@ -355,7 +341,6 @@ class NtpService:
         finally:
             headers[: count * _HDR] = batch.headers_template[: count * _HDR]
             aux[: count * _AUX] = batch.aux_template[: count * _AUX]
-        return count
 
     def _remember(self, name: bytes) -> Any:
         """The socket address in a raw sockaddr, decoded once and cached (bounded)."""
