@@ -359,12 +359,16 @@ def base_config(pki: Any, **overrides: Any) -> ServerConfig:
     return ServerConfig(**values)
 
 
-def toml_config(pki: Any, *, extra: str = "", key_path: Path | None = None) -> str:
+def toml_config(
+    pki: Any, *, extra: str = "", key_path: Path | None = None, server: str = ""
+) -> str:
+    """A configuration on loopback with ephemeral ports; ``server``: more [server] lines."""
     text = (
         "[server]\n"
         f'listen = ["{LOOPBACK}"]\n'
         "ntp_port = 0\n"
         "ke_port = 0\n"
+        f"{server}"
         "[tls]\n"
         f'certificate = "{pki.cert_chain}"\n'
         f'key = "{pki.key}"\n'

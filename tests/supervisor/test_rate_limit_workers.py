@@ -14,7 +14,7 @@ import pytest
 from gnomon.certs import make_demo_pki
 from gnomon.proto.ntp import NtpHeader
 from gnomon.server.ntp import steer_by_source
-from tests.server.helpers import ServerProcess
+from tests.server.helpers import ServerProcess, toml_config
 
 
 def _answers_from_fresh_ports(port: int, count: int, source: str) -> tuple[int, int]:
@@ -39,23 +39,9 @@ def _answers_from_fresh_ports(port: int, count: int, source: str) -> tuple[int, 
 def test_rate_limit_holds_across_workers(tmp_path: Path) -> None:
     pki = make_demo_pki(tmp_path / "pki")
     config = tmp_path / "gnomon.toml"
+    limits = "[limits]\nntp_rate_limit = true\nntp_rate_burst = 4\nntp_rate_interval = 3600.0\n"
     config.write_text(
-        f"""
-[server]
-listen = ["127.0.0.1"]
-ntp_port = 0
-ke_port = 0
-workers = 2
-[tls]
-certificate = "{pki.cert_chain}"
-key = "{pki.key}"
-[keys]
-path = "{tmp_path / "keys.json"}"
-[limits]
-ntp_rate_limit = true
-ntp_rate_burst = 4
-ntp_rate_interval = 3600.0
-"""
+        toml_config(pki, server="workers = 2\n", key_path=tmp_path / "keys.json", extra=limits)
     )
     server = ServerProcess(config, tmp_path / "ready.json")
     try:

@@ -319,11 +319,7 @@ class NtpService:
                 if admission is not None:
                     if address is None:
                         address = self._remember(name)
-                    outcome = admission.decide(address[0], now)
-                    if outcome is not None:
-                        reply = _refusal(outcome, request, received)
-                        if reply is not None:
-                            self._send(reply, address)
+                    if self._refused(admission, address, request, received, now):
                         continue
                 try:
                     reply = respond(request, received, time_ns)
@@ -350,6 +346,19 @@ class NtpService:
         address = addresses[name] = _decode_address(int.from_bytes(name[:2], sys.byteorder), name)
         return address
 
+    def _refused(
+        self, admission: Admission, address: Any, request: bytes, received: int, now: float
+    ) -> bool:
+        """Whether ``admission`` refuses the request; sends the RATE kiss it may call for."""
+        outcome = admission.decide(address[0], now)
+        if outcome is None:
+            return False
+        if outcome == "rate_kiss":
+            kiss = build_rate_kiss(request, received, time.time_ns())
+            if kiss is not None:
+                self._send(kiss, address)
+        return True
+
     def _send(self, reply: bytes, address: Any) -> None:
         try:
             self.sock.sendto(reply, address)
@@ -375,13 +384,8 @@ class NtpService:
                 received = seconds * 1_000_000_000 + nanoseconds
             else:
                 received = time_ns()
-            if admission is not None:
-                outcome = admission.decide(address[0], now)
-                if outcome is not None:
-                    reply = _refusal(outcome, data, received)
-                    if reply is not None:
-                        self._send(reply, address)
-                    continue
+            if admission is not None and self._refused(admission, address, data, received, now):
+                continue
             try:
                 reply = respond(data, received, time_ns)
             except Exception:  # a bug must cost one packet, never the worker
@@ -390,10 +394,3 @@ class NtpService:
                 continue
             if reply is not None:
                 self._send(reply, address)
-
-
-def _refusal(outcome: str, request: bytes, received: int) -> bytes | None:
-    """What to send instead of an answer: a RATE kiss, or nothing."""
-    if outcome == "rate_kiss":
-        return build_rate_kiss(request, received, time.time_ns())
-    return None
