@@ -111,7 +111,9 @@ def steer_by_source(sock: socket.socket, workers: int, prefix: int) -> bool:
     choice hashes addresses *and ports*, so a client changing source ports
     would meet every worker's bucket in turn and get ``workers`` times its
     rate. A socket index past the group's size (a worker being restarted)
-    falls back to the kernel's own hash. Returns False where unsupported.
+    falls back to the kernel's own hash, and a restart reorders the group, so
+    some clients then meet another worker's bucket: the limit fails open for
+    a moment, never closed. Returns False where unsupported.
     """
     if not sys.platform.startswith("linux") or workers < 2:
         return False
