@@ -390,3 +390,18 @@ async def test_server_chooses_the_cipher_suite(
     async with running_server(base_config(pki)) as server:
         cipher = await asyncio.to_thread(_negotiated_cipher, server.bound_ke_port, client_suites)
     assert cipher == expected
+
+
+async def test_stopping_the_server_closes_open_connections(pki: DemoPki) -> None:
+    config = base_config(pki, ke_timeout=60.0)
+    async with running_server(config) as server:
+        idle = socket.create_connection((LOOPBACK, server.bound_ke_port))
+        await asyncio.sleep(0.2)  # accepted, waiting for a ClientHello
+        assert server.ke_service is not None and server.ke_service.active == 1
+        service = server.ke_service
+    try:
+        # Closed at once, not after the 60 s deadline.
+        assert await asyncio.to_thread(wait_closed, idle, 2.0) < 2.0
+        assert service.active == 0
+    finally:
+        idle.close()

@@ -244,6 +244,8 @@ class Server:
                 sock.close()
             for server in servers:
                 server.close()
+            if self.ke_service is not None:
+                self.ke_service.close()
             self.ntp_services.clear()
             log.info("stopped")
 

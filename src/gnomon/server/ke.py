@@ -117,6 +117,21 @@ class KeService:
         loop.add_reader(sock.fileno(), self._accept, sock)
         return server
 
+    def close(self) -> None:
+        """Drop every open connection and stop watching them (listeners are closed
+        through the servers :meth:`listen` returned)."""
+        for connection in list(self._connections.values()):
+            connection.close(abort=True)
+        self._deadlines.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._epoll is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
+
     # -- connections ------------------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
