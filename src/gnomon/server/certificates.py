@@ -77,8 +77,7 @@ def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, d
     # issues two per handshake by default, each a serialised and encrypted session.
     # pyOpenSSL has no SSL_CTX_set_num_tickets; with SSL_OP_NO_TICKET OpenSSL issues
     # stateful tickets instead (a session ID, no encryption), and with the session cache
-    # off there is nothing kept and nothing any ticket could resume. (Newer OpenSSL sends
-    # no ticket at all with these two settings.)
+    # off there is nothing kept and nothing any ticket could resume.
     context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     # The server's choice of cipher suite: AES-128-GCM (SHA-256 key schedule) before
