@@ -3,7 +3,7 @@
 ``.venv/bin/python bench/micro.py`` times ``NtpResponder.respond`` per scenario
 (plain, NTS with 0 or 1 placeholder, AEAD 15 and 30), with ``--primitives``
 the AEAD calls it makes, with ``--loop`` the UDP loop (``NtpService.drain``
-with ``recvmmsg`` and with ``recvmsg``, on loopback, replies to a socket
+with ``recvmmsg``/``sendmmsg`` and with ``recvmsg``/``sendto``, on loopback, replies to a socket
 nobody waits on), and with ``--profile SCENARIO`` prints a cProfile of that
 scenario.
 Requests are built the way the bench's load generator gets them: gnomon's
@@ -129,7 +129,7 @@ def primitives() -> None:
 
 def loop_costs() -> None:
     """Per datagram: NtpService.drain receiving (the responder answers nothing), then
-    receiving and sending a 48-byte reply; each way of reading the socket."""
+    receiving and sending a 48-byte reply; batched system calls, then one per datagram."""
     import socket
 
     from gnomon.server.ntp import NtpService, open_ntp_socket
@@ -171,10 +171,10 @@ def loop_costs() -> None:
             client.close()
 
     for mmsg in (True, False):
-        name = "recvmmsg" if mmsg else "recvmsg "
+        name = "recvmmsg/sendmmsg" if mmsg else "recvmsg/sendto   "
         print(
             f"  {name}: receive {per_datagram(None, mmsg):5.2f} µs, "
-            f"receive + sendto {per_datagram(bytes(48), mmsg):5.2f} µs per datagram"
+            f"receive + send a reply {per_datagram(bytes(48), mmsg):5.2f} µs per datagram"
         )
 
 

@@ -194,10 +194,10 @@ class Bench:
         self.pki = make_demo_pki(self.tmp / "pki", key_type="ecdsa-p256")
         self.gnomon_options = srv.gnomon_serve_options()
         for key in wanted:
-            if key == "gnomon":
-                log("starting gnomon")
+            if key in ("gnomon", "gnomon-base"):
+                log(f"starting {key}")
                 server = srv.start_gnomon(
-                    self.tmp / "gnomon",
+                    self.tmp / key,
                     self.pki.cert_chain,
                     self.pki.key,
                     workers=self.args.workers,
@@ -205,6 +205,7 @@ class Bench:
                     options=self.gnomon_options,
                     lifetime=lifetime,
                     cpus=self.server_cpus,
+                    source=self.args.baseline if key == "gnomon-base" else None,
                 )
             else:
                 binary = CHRONY_43 if key == "chrony-4.3" else str(self.args.chrony_modern)
@@ -1050,6 +1051,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not pin servers and load generators to separate CPUs",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SRC",
+        help="also run the gnomon whose package is in SRC (another checkout's src/, e.g. a "
+        "git worktree) as 'gnomon (base)': its ratio column compares two versions in one run",
+    )
+    parser.add_argument(
         "--chrony-modern",
         default=str(CHRONY_MODERN),
         help="chronyd 4.6 wrapper (used when present)",
@@ -1128,6 +1136,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if key not in wanted:
                 wanted.append(key)
+    if args.baseline is not None:
+        if not (args.baseline / "gnomon" / "__init__.py").is_file():
+            print(f"--baseline {args.baseline}: no gnomon package there", file=sys.stderr)
+            return 2
+        wanted.append("gnomon-base")
     if "chrony-4.6" in wanted and not os.access(modern, os.X_OK):
         print(
             f"chrony 4.6 not found at {modern} (run scripts/install-chrony-modern.sh)",

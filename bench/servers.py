@@ -185,6 +185,7 @@ def _spawn(
     lifetime: float,
     cpus: Sequence[int] | None,
     cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     timeout_bin = shutil.which("timeout") or "/usr/bin/timeout"
     with open(log_path, "ab") as log:
@@ -195,6 +196,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             preexec_fn=child_setup(cpus),
             cwd=cwd,
+            env=env,
         )
 
 
@@ -229,9 +231,11 @@ def start_gnomon(
     options: set[str],
     lifetime: float,
     cpus: Sequence[int] | None,
+    source: Path | None = None,
 ) -> Server:
     """gnomon with its own defaults, except ``--workers``/``--ke-workers`` when given
-    (and supported: otherwise a note says what ran instead)."""
+    (and supported: otherwise a note says what ran instead). With ``source`` (the
+    ``src`` folder of another checkout) that version runs instead, as "gnomon-base"."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gnomon.toml"
     config.write_text(
@@ -274,11 +278,15 @@ def start_gnomon(
         else:
             notes.append(f"{option} {value} asked, but this gnomon has no {option}: not passed")
     log_path = directory / "gnomon.log"
+    env = None
+    if source is not None:
+        env = {**os.environ, "PYTHONPATH": str(source)}
+        notes.append(f"baseline: gnomon from {source}")
     server = Server(
-        key="gnomon",
-        label="gnomon",
+        key="gnomon" if source is None else "gnomon-base",
+        label="gnomon" if source is None else "gnomon (base)",
         version=gnomon_version(),
-        popen=_spawn(argv, log_path, lifetime, cpus, cwd=REPO),
+        popen=_spawn(argv, log_path, lifetime, cpus, cwd=REPO, env=env),
         log_path=log_path,
         notes=notes,
     )

@@ -3,16 +3,22 @@
 asyncio's DatagramProtocol costs several times more per packet than reading
 the socket in a loop (shared/NTS-NOTES.md), and hides the kernel receive
 timestamp, so the hot path reads the socket itself: up to ``batch``
-datagrams per wakeup, each answered (``sendto``) before the next is looked
-at, so a reply leaves right after its transmit timestamp is taken.
+datagrams per wakeup.
 
-On Linux the datagrams are read with ``recvmmsg`` (through ctypes, libc's
-own function: no C code of ours), up to ``batch`` per system call, into
-buffers allocated once; each comes with its kernel receive timestamp
-(``SO_TIMESTAMPNS``) and its source address, decoded once per address and
-cached. That costs 0.7-0.9 µs less per request than ``socket.recvmsg``
-(``bench/micro.py --loop``; bench/README.md, "Profile"). Elsewhere, or if
-libc cannot be used, the service falls back to ``recvmsg`` in a loop.
+On Linux the datagrams are read with ``recvmmsg`` and the replies sent with
+``sendmmsg`` (through ctypes, libc's own functions: no C code of ours), into
+and from buffers allocated once; each request comes with its kernel receive
+timestamp (``SO_TIMESTAMPNS``), and its raw source address is copied as the
+reply's destination. One system call per batch each way instead of one per
+datagram costs 0.7-0.9 µs less per request on receive (``bench/micro.py
+--loop``) and about 10% of the CPU per reply under load on send
+(bench/README.md, "Profile"). A sealed reply waits for its ``sendmmsg`` at
+most ``_SEND_DELAY_NS`` (200 µs, reached only when the worker is saturated:
+at half load a batch holds one or two requests). That wait falls between the
+transmit timestamp and the wire, so the client sees it as extra delay, and
+its offset can be off by at most half of it; clients prefer low-delay
+samples anyway. Elsewhere, or if libc cannot be used, the service falls back
+to ``recvmsg`` and ``sendto``, each reply sent as soon as it is sealed.
 
 Abuse controls sit in front of the responder, so what is refused costs no
 cryptography: an :class:`Admission` (allow/deny lists and the per-address
@@ -140,6 +146,9 @@ _HDR = 64
 _MSG_LEN = struct.Struct("@I")
 _MSG_LEN_AT = 56
 _IOVEC = struct.Struct("@PN")
+_IOV_LEN = struct.Struct("@N")
+# Replies wait for one sendmmsg at most this long after the first of them was sealed.
+_SEND_DELAY_NS = 200_000
 # Next to it, one 64-byte "aux" slot per datagram: the control buffer (room for one
 # SCM_TIMESTAMPNS message, 32 bytes: cmsg_len, cmsg_level, cmsg_type, tv_sec, tv_nsec) and
 # the source address (sockaddr_in6 is 28 bytes), read with one unpack.
@@ -149,7 +158,8 @@ _NAME_LEN = 32
 _TIMESTAMP_MESSAGE = "@Niiqq"
 
 
-def _libc_recvmmsg() -> Callable[..., int] | None:
+def _libc_mmsg() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    """libc's ``recvmmsg`` and ``sendmmsg``, or None where they cannot be used."""
     if (
         not sys.platform.startswith("linux")
         or _MMSGHDR.size != _HDR
@@ -159,7 +169,7 @@ def _libc_recvmmsg() -> Callable[..., int] | None:
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        recvmmsg = libc.recvmmsg
+        recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
     except (OSError, AttributeError):
         return None
     recvmmsg.argtypes = [
@@ -170,7 +180,9 @@ def _libc_recvmmsg() -> Callable[..., int] | None:
         ctypes.c_void_p,
     ]
     recvmmsg.restype = ctypes.c_int
-    return recvmmsg
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    sendmmsg.restype = ctypes.c_int
+    return recvmmsg, sendmmsg
 
 
 class _Batch:
@@ -200,6 +212,32 @@ class _Batch:
                 1,
                 aux + i * _AUX,
                 _CONTROL_LEN,
+                0,
+                0,
+            )
+        # The send side: one header per reply, its address copied from the request's.
+        self.name_len = name_len
+        self._send_headers = ctypes.create_string_buffer(size * _MMSGHDR.size)
+        self._send_names = ctypes.create_string_buffer(size * _NAME_LEN)
+        self._send_iovecs = ctypes.create_string_buffer(size * _IOVEC.size)
+        self._send_data = ctypes.create_string_buffer(size * MAX_REQUEST)
+        self.send_address = ctypes.addressof(self._send_headers)
+        self.send_names = memoryview(self._send_names).cast("B")
+        self.send_iovecs = memoryview(self._send_iovecs).cast("B")
+        self.send_data = memoryview(self._send_data).cast("B")
+        send_headers = memoryview(self._send_headers).cast("B")
+        names, data = ctypes.addressof(self._send_names), ctypes.addressof(self._send_data)
+        for i in range(size):
+            _IOVEC.pack_into(self.send_iovecs, i * _IOVEC.size, data + i * MAX_REQUEST, 0)
+            _MMSGHDR.pack_into(
+                send_headers,
+                i * _MMSGHDR.size,
+                names + i * _NAME_LEN,
+                name_len,
+                ctypes.addressof(self._send_iovecs) + i * _IOVEC.size,
+                1,
+                0,
+                0,
                 0,
                 0,
             )
@@ -274,10 +312,14 @@ class NtpService:
         self.batch = batch
         self.errors = 0
         self.admission = admission if admission is not None and admission.active else None
-        self._recvmmsg = _libc_recvmmsg() if batch > 0 else None
+        mmsg = _libc_mmsg() if batch > 0 else None
+        self._recvmmsg: Callable[..., int] | None = None
+        self._sendmmsg: Callable[..., int] | None = None
+        if mmsg is not None:
+            self._recvmmsg, self._sendmmsg = mmsg
         self._batch: _Batch | None = None
         self._addresses: dict[bytes, Any] = {}
-        if self._recvmmsg is not None:
+        if mmsg is not None:
             self._batch = _Batch(batch, 28 if sock.family == socket.AF_INET6 else 16)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -304,10 +346,13 @@ class NtpService:
         length_of = _MSG_LEN.unpack_from
         addresses = self._addresses
         respond = self.responder.respond
-        sendto = self.sock.sendto
         time_ns = time.time_ns
         admission = self.admission
         now = time.monotonic() if admission is not None else 0.0
+        send_data, send_names, send_iovecs = batch.send_data, batch.send_names, batch.send_iovecs
+        name_len = batch.name_len
+        pack_length = _IOV_LEN.pack_into
+        replies = 0
         try:
             for i in range(count):
                 _, level, kind, seconds, nanoseconds, name = aux_of(aux, i * _AUX)
@@ -317,8 +362,8 @@ class NtpService:
                     received = time_ns()
                 at = i * MAX_REQUEST
                 request = bytes(data[at : at + length_of(headers, i * _HDR + _MSG_LEN_AT)[0]])
-                address = addresses.get(name)
                 if admission is not None:
+                    address = addresses.get(name)
                     if address is None:
                         address = self._remember(name)
                     if self._refused(admission, address, request, received, now):
@@ -330,15 +375,36 @@ class NtpService:
                     log.exception("NTP request failed")
                     continue
                 if reply is not None:
-                    if address is None:
-                        address = self._remember(name)
-                    try:
-                        sendto(reply, address)
-                    except OSError:
-                        self.errors += 1
+                    at = replies * MAX_REQUEST
+                    send_data[at : at + len(reply)] = reply
+                    at = replies * _NAME_LEN
+                    send_names[at : at + name_len] = name
+                    pack_length(send_iovecs, replies * _IOVEC.size + 8, len(reply))
+                    replies += 1
+                    if replies == 1:
+                        oldest = time_ns()
+                    elif time_ns() - oldest > _SEND_DELAY_NS:
+                        self._send_replies(batch, replies)
+                        replies = 0
         finally:
             headers[: count * _HDR] = batch.headers_template[: count * _HDR]
             aux[: count * _AUX] = batch.aux_template[: count * _AUX]
+            if replies:
+                self._send_replies(batch, replies)
+
+    def _send_replies(self, batch: _Batch, replies: int) -> None:
+        """``sendmmsg`` the first ``replies`` queued replies; one that cannot be sent
+        (a full buffer, an unreachable address) is counted and skipped, never the rest."""
+        assert self._sendmmsg is not None
+        fd = self.sock.fileno()
+        sent = 0
+        while sent < replies:
+            done = self._sendmmsg(fd, batch.send_address + sent * _HDR, replies - sent, 0)
+            if done > 0:
+                sent += done
+            elif ctypes.get_errno() != errno.EINTR:
+                self.errors += 1
+                sent += 1
 
     def _remember(self, name: bytes) -> Any:
         """The socket address in a raw sockaddr, decoded once and cached (bounded)."""

@@ -1,0 +1,196 @@
+"""The UDP loop (NtpService.drain): batched receive and send on a real loopback socket.
+
+The responder is a stand-in, so what is checked is the loop: every reply reaches the
+address its request came from, a failing or silent request costs only itself, a reply
+the kernel refuses is skipped without losing the rest, and sealed replies wait for
+their ``sendmmsg`` no longer than the loop's bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gnomon.server import ntp
+from gnomon.server.ntp import NtpService, open_ntp_socket
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux loop")
+
+
+class Echo:
+    """Answers ``b"re:" + request``; None for b"drop", raises for b"boom"."""
+
+    def __init__(self, pause: float = 0.0) -> None:
+        self.pause = pause
+        self.received: list[int] = []
+
+    def respond(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes | None:
+        self.received.append(receive_ns)
+        if self.pause:
+            time.sleep(self.pause)
+        if data == b"drop":
+            return None
+        if data == b"boom":
+            raise RuntimeError("a bug in the responder")
+        return b"re:" + data
+
+
+@pytest.fixture(params=["127.0.0.1", "::1"])
+def host(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def server(host: str) -> Iterator[socket.socket]:
+    sock = open_ntp_socket(host, 0)
+    yield sock
+    sock.close()
+
+
+def clients(host: str, count: int) -> list[socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    out = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((host, 0))
+        sock.settimeout(2)
+        out.append(sock)
+    return out
+
+
+def service(responder: Echo, server: socket.socket) -> NtpService:
+    svc = NtpService(responder, server)  # type: ignore[arg-type]
+    assert svc._batch is not None, "recvmmsg/sendmmsg expected on Linux"
+    return svc
+
+
+def record_sends(svc: NtpService) -> list[int]:
+    """Wraps the service's sendmmsg; returns the list of batch sizes it is called with."""
+    calls: list[int] = []
+    real = svc._sendmmsg
+    assert real is not None
+
+    def sendmmsg(fd: int, headers: int, count: int, flags: int) -> int:
+        calls.append(count)
+        return real(fd, headers, count, flags)
+
+    svc._sendmmsg = sendmmsg
+    return calls
+
+
+def test_each_reply_goes_to_its_sender_in_one_system_call(host: str, server: socket.socket) -> None:
+    socks = clients(host, 5)
+    try:
+        svc = service(Echo(), server)
+        sends = record_sends(svc)
+        for i, sock in enumerate(socks):
+            sock.sendto(f"request {i}".encode(), server.getsockname())
+        svc.drain()
+        assert sends == [5]
+        for i, sock in enumerate(socks):
+            assert sock.recv(100) == f"re:request {i}".encode()
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_kernel_receive_timestamps_reach_the_responder(host: str, server: socket.socket) -> None:
+    (sock,) = clients(host, 1)
+    try:
+        echo = Echo()
+        svc = service(echo, server)
+        before = time.time_ns()
+        sock.sendto(b"x", server.getsockname())
+        time.sleep(0.05)  # the timestamp is the arrival's, not the read's
+        svc.drain()
+        assert len(echo.received) == 1 and before <= echo.received[0] < before + 40_000_000
+        assert sock.recv(100) == b"re:x"
+    finally:
+        sock.close()
+
+
+def test_silent_and_failing_requests_cost_only_themselves(host: str, server: socket.socket) -> None:
+    socks = clients(host, 4)
+    try:
+        svc = service(Echo(), server)
+        sends = record_sends(svc)
+        for sock, payload in zip(socks, [b"a", b"drop", b"boom", b"d"], strict=True):
+            sock.sendto(payload, server.getsockname())
+        svc.drain()
+        assert sends == [2]
+        assert svc.errors == 1
+        assert socks[0].recv(100) == b"re:a"
+        assert socks[3].recv(100) == b"re:d"
+        for sock in socks[1:3]:
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(100)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_refused_reply_is_skipped_and_the_rest_sent(host: str, server: socket.socket) -> None:
+    socks = clients(host, 3)
+    try:
+        svc = service(Echo(), server)
+        real = svc._sendmmsg
+        assert real is not None
+        calls: list[int] = []
+
+        def sendmmsg(fd: int, headers: int, count: int, flags: int) -> int:
+            calls.append(count)
+            if len(calls) == 1:  # the first message fails, as for an unreachable address
+                ctypes.set_errno(errno.EPERM)
+                return -1
+            return real(fd, headers, 1, flags)  # then one at a time (partial sends)
+
+        svc._sendmmsg = sendmmsg
+        for i, sock in enumerate(socks):
+            sock.sendto(bytes([i]), server.getsockname())
+        svc.drain()
+        assert calls == [3, 2, 1]
+        assert svc.errors == 1
+        assert socks[1].recv(100) == b"re:\x01"
+        assert socks[2].recv(100) == b"re:\x02"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_sealed_replies_wait_no_longer_than_the_bound(host: str, server: socket.socket) -> None:
+    # Each request takes longer than the bound: replies leave two by two, the first
+    # of each pair sent once the second is sealed, never later.
+    pause = ntp._SEND_DELAY_NS / 1e9 * 1.5
+    socks = clients(host, 4)
+    try:
+        svc = service(Echo(pause=pause), server)
+        sends = record_sends(svc)
+        for sock in socks:
+            sock.sendto(b"slow", server.getsockname())
+        svc.drain()
+        assert sends == [2, 2]
+        for sock in socks:
+            assert sock.recv(100) == b"re:slow"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_buffers_are_reused_without_stale_bytes(server: socket.socket, host: str) -> None:
+    """A long reply then a short one in the same slot: the short one is sent alone."""
+    (sock,) = clients(host, 1)
+    try:
+        svc = service(Echo(), server)
+        for payload in (b"x" * 1000, b"y"):
+            sock.sendto(payload, server.getsockname())
+            svc.drain()
+            assert sock.recv(2048) == b"re:" + payload
+    finally:
+        sock.close()
