@@ -185,62 +185,64 @@ def _libc_mmsg() -> tuple[Callable[..., int], Callable[..., int]] | None:
     return recvmmsg, sendmmsg
 
 
+def _buffer(size: int) -> tuple[Any, memoryview, int]:
+    """A zeroed ctypes buffer (kept alive by the caller), a byte view of it, its address."""
+    raw = ctypes.create_string_buffer(size)
+    return raw, memoryview(raw).cast("B"), ctypes.addressof(raw)
+
+
+class _Messages:
+    """An mmsghdr array of ``size`` one-buffer messages: message i has its data at
+    ``data + i * MAX_REQUEST`` and its address at ``names + i * name_stride``; with
+    ``aux``, its control buffer at ``aux + i * _AUX``."""
+
+    def __init__(
+        self,
+        size: int,
+        data: int,
+        iov_len: int,
+        names: int,
+        name_stride: int,
+        name_len: int,
+        aux: int = 0,
+    ) -> None:
+        self._headers, self.headers, self.address = _buffer(size * _HDR)
+        self._iovecs, self.iovecs, iovecs = _buffer(size * _IOVEC.size)
+        for i in range(size):
+            _IOVEC.pack_into(self.iovecs, i * _IOVEC.size, data + i * MAX_REQUEST, iov_len)
+            _MMSGHDR.pack_into(
+                self.headers,
+                i * _HDR,
+                names + i * name_stride,
+                name_len,
+                iovecs + i * _IOVEC.size,
+                1,
+                aux + i * _AUX if aux else 0,
+                _CONTROL_LEN if aux else 0,
+                0,
+                0,
+            )
+
+
 class _Batch:
-    """Buffers for ``size`` datagrams and the mmsghdr array describing them."""
+    """Buffers for ``size`` requests and replies, and the mmsghdr arrays describing them.
+
+    A request's control buffer (its timestamp) and source address share one aux
+    slot; a reply's destination is copied from there into its own slot.
+    """
 
     def __init__(self, size: int, name_len: int) -> None:
         self.size = size
-        self._headers = ctypes.create_string_buffer(size * _MMSGHDR.size)
-        self._aux = ctypes.create_string_buffer(size * _AUX)
-        self._iovecs = ctypes.create_string_buffer(size * _IOVEC.size)
-        self._data = ctypes.create_string_buffer(size * MAX_REQUEST)
-        self.address = ctypes.addressof(self._headers)
-        self.headers = memoryview(self._headers).cast("B")
-        self.aux = memoryview(self._aux).cast("B")
-        self.data = memoryview(self._data).cast("B")
-        self.aux_of = struct.Struct(f"{_TIMESTAMP_MESSAGE}{name_len}s").unpack_from
-        iovecs = memoryview(self._iovecs).cast("B")
-        aux, data = ctypes.addressof(self._aux), ctypes.addressof(self._data)
-        for i in range(size):
-            _IOVEC.pack_into(iovecs, i * _IOVEC.size, data + i * MAX_REQUEST, MAX_REQUEST)
-            _MMSGHDR.pack_into(
-                self.headers,
-                i * _MMSGHDR.size,
-                aux + i * _AUX + _CONTROL_LEN,
-                _NAME_LEN,
-                ctypes.addressof(self._iovecs) + i * _IOVEC.size,
-                1,
-                aux + i * _AUX,
-                _CONTROL_LEN,
-                0,
-                0,
-            )
-        # The send side: one header per reply, its address copied from the request's.
         self.name_len = name_len
-        self._send_headers = ctypes.create_string_buffer(size * _MMSGHDR.size)
-        self._send_names = ctypes.create_string_buffer(size * _NAME_LEN)
-        self._send_iovecs = ctypes.create_string_buffer(size * _IOVEC.size)
-        self._send_data = ctypes.create_string_buffer(size * MAX_REQUEST)
-        self.send_address = ctypes.addressof(self._send_headers)
-        self.send_names = memoryview(self._send_names).cast("B")
-        self.send_iovecs = memoryview(self._send_iovecs).cast("B")
-        self.send_data = memoryview(self._send_data).cast("B")
-        send_headers = memoryview(self._send_headers).cast("B")
-        names, data = ctypes.addressof(self._send_names), ctypes.addressof(self._send_data)
-        for i in range(size):
-            _IOVEC.pack_into(self.send_iovecs, i * _IOVEC.size, data + i * MAX_REQUEST, 0)
-            _MMSGHDR.pack_into(
-                send_headers,
-                i * _MMSGHDR.size,
-                names + i * _NAME_LEN,
-                name_len,
-                ctypes.addressof(self._send_iovecs) + i * _IOVEC.size,
-                1,
-                0,
-                0,
-                0,
-                0,
-            )
+        self._aux, self.aux, aux = _buffer(size * _AUX)
+        self._data, self.data, data = _buffer(size * MAX_REQUEST)
+        receive = _Messages(size, data, MAX_REQUEST, aux + _CONTROL_LEN, _AUX, _NAME_LEN, aux)
+        self._receive, self.headers, self.address = receive, receive.headers, receive.address
+        self.aux_of = struct.Struct(f"{_TIMESTAMP_MESSAGE}{name_len}s").unpack_from
+        self._send_names, self.send_names, names = _buffer(size * _NAME_LEN)
+        self._send_data, self.send_data, send_data = _buffer(size * MAX_REQUEST)
+        send = _Messages(size, send_data, 0, names, _NAME_LEN, name_len)
+        self._send, self.send_iovecs, self.send_address = send, send.iovecs, send.address
         # The kernel rewrites msg_namelen, msg_controllen, msg_flags and msg_len of the
         # headers it fills, and the aux slots: all restored from these copies (zeros where
         # it writes) before the next call, so nothing stale is ever read. In particular a
