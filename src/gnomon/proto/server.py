@@ -140,8 +140,8 @@ class NtpResponder:
     called directly (bound methods of ``cryptography``'s objects), the reply's
     length (and so how many cookies fit: no amplification) is computed before
     anything is sealed, and one BLAKE2b call in the cookie codec gives the
-    reply's nonce with the new cookies' nonces, so a reply makes no system
-    call but its ``sendto``.
+    reply's nonce with the new cookies' nonces, so answering makes no system
+    call (the UDP loop sends replies in batches).
     """
 
     def __init__(
