@@ -1,9 +1,11 @@
-"""The UDP loop (NtpService.drain): batched receive and send on a real loopback socket.
+"""The UDP loop (NtpService.drain) on a real loopback socket.
 
-The responder is a stand-in, so what is checked is the loop: every reply reaches the
-address its request came from, a failing or silent request costs only itself, a reply
-the kernel refuses is skipped without losing the rest, and sealed replies wait for
-their ``sendmmsg`` no longer than the loop's bound.
+The responder is a stand-in, so what is checked is the loop, batched (``recvmmsg`` and
+``sendmmsg``) and in its fallback (``recvmsg`` and ``sendto``, where libc has neither):
+every reply reaches the address its request came from with the kernel's receive
+timestamp, a failing or silent request costs only itself; batched, a reply the kernel
+refuses is skipped without losing the rest, and sealed replies wait for their
+``sendmmsg`` no longer than the loop's bound.
 """
 
 from __future__ import annotations
@@ -70,6 +72,23 @@ def service(responder: Echo, server: socket.socket) -> NtpService:
     return svc
 
 
+@pytest.fixture(params=["batched", "fallback"])
+def make_service(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Echo, socket.socket], NtpService]:
+    """Either loop: the fallback is what runs where libc has no recvmmsg/sendmmsg."""
+    if request.param == "batched":
+        return service
+    monkeypatch.setattr(ntp, "_libc_mmsg", lambda: None)
+
+    def fallback(responder: Echo, server: socket.socket) -> NtpService:
+        svc = NtpService(responder, server)  # type: ignore[arg-type]
+        assert svc._batch is None
+        return svc
+
+    return fallback
+
+
 def record_sends(svc: NtpService) -> list[int]:
     """Wraps the service's sendmmsg; returns the list of batch sizes it is called with."""
     calls: list[int] = []
@@ -84,15 +103,41 @@ def record_sends(svc: NtpService) -> list[int]:
     return calls
 
 
-def test_each_reply_goes_to_its_sender_in_one_system_call(host: str, server: socket.socket) -> None:
-    socks = clients(host, 5)
+def test_replies_of_a_batch_leave_in_one_system_call(
+    host: str, server: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unanswered requests leave no gap: the replies are packed, each to its sender."""
+    monkeypatch.setattr(ntp, "_SEND_DELAY_NS", 10**10)  # a stall of this process splits none
+    socks = clients(host, 6)
+    payloads = [b"a", b"drop", b"c", b"drop", b"e", b"f"]
     try:
         svc = service(Echo(), server)
         sends = record_sends(svc)
+        for sock, payload in zip(socks, payloads, strict=True):
+            sock.sendto(payload, server.getsockname())
+        svc.drain()
+        assert sends == [4]
+        for sock, payload in zip(socks, payloads, strict=True):
+            if payload == b"drop":
+                sock.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(100)
+            else:
+                assert sock.recv(100) == b"re:" + payload
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_every_reply_goes_to_its_sender(
+    host: str, server: socket.socket, make_service: Callable[[Echo, socket.socket], NtpService]
+) -> None:
+    socks = clients(host, 5)
+    try:
+        svc = make_service(Echo(), server)
         for i, sock in enumerate(socks):
             sock.sendto(f"request {i}".encode(), server.getsockname())
         svc.drain()
-        assert sends == [5]
         for i, sock in enumerate(socks):
             assert sock.recv(100) == f"re:request {i}".encode()
     finally:
@@ -100,11 +145,13 @@ def test_each_reply_goes_to_its_sender_in_one_system_call(host: str, server: soc
             sock.close()
 
 
-def test_kernel_receive_timestamps_reach_the_responder(host: str, server: socket.socket) -> None:
+def test_kernel_receive_timestamps_reach_the_responder(
+    host: str, server: socket.socket, make_service: Callable[[Echo, socket.socket], NtpService]
+) -> None:
     (sock,) = clients(host, 1)
     try:
         echo = Echo()
-        svc = service(echo, server)
+        svc = make_service(echo, server)
         before = time.time_ns()
         sock.sendto(b"x", server.getsockname())
         time.sleep(0.05)  # the timestamp is the arrival's, not the read's
@@ -115,15 +162,15 @@ def test_kernel_receive_timestamps_reach_the_responder(host: str, server: socket
         sock.close()
 
 
-def test_silent_and_failing_requests_cost_only_themselves(host: str, server: socket.socket) -> None:
+def test_silent_and_failing_requests_cost_only_themselves(
+    host: str, server: socket.socket, make_service: Callable[[Echo, socket.socket], NtpService]
+) -> None:
     socks = clients(host, 4)
     try:
-        svc = service(Echo(), server)
-        sends = record_sends(svc)
+        svc = make_service(Echo(), server)
         for sock, payload in zip(socks, [b"a", b"drop", b"boom", b"d"], strict=True):
             sock.sendto(payload, server.getsockname())
         svc.drain()
-        assert sends == [2]
         assert svc.errors == 1
         assert socks[0].recv(100) == b"re:a"
         assert socks[3].recv(100) == b"re:d"
@@ -136,7 +183,10 @@ def test_silent_and_failing_requests_cost_only_themselves(host: str, server: soc
             sock.close()
 
 
-def test_a_refused_reply_is_skipped_and_the_rest_sent(host: str, server: socket.socket) -> None:
+def test_a_refused_reply_is_skipped_and_the_rest_sent(
+    host: str, server: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ntp, "_SEND_DELAY_NS", 10**10)  # all three in one batch
     socks = clients(host, 3)
     try:
         svc = service(Echo(), server)
