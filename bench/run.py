@@ -1137,6 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
             if key not in wanted:
                 wanted.append(key)
     if args.baseline is not None:
+        args.baseline = args.baseline.resolve()  # the servers run from the repository's root
         if not (args.baseline / "gnomon" / "__init__.py").is_file():
             print(f"--baseline {args.baseline}: no gnomon package there", file=sys.stderr)
             return 2
