@@ -55,15 +55,38 @@ def server(host: str) -> Iterator[socket.socket]:
     sock.close()
 
 
-def clients(host: str, count: int) -> list[socket.socket]:
+Clients = Callable[[int], list[socket.socket]]
+
+
+@pytest.fixture
+def clients(host: str) -> Iterator[Clients]:
+    """``clients(n)``: n bound client sockets on the server's address family, closed after."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    out = []
-    for _ in range(count):
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.bind((host, 0))
-        sock.settimeout(2)
-        out.append(sock)
-    return out
+    made: list[socket.socket] = []
+
+    def make(count: int) -> list[socket.socket]:
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+            sock.settimeout(2)
+            made.append(sock)
+        return made[-count:]
+
+    yield make
+    for sock in made:
+        sock.close()
+
+
+def send(socks: list[socket.socket], payloads: list[bytes], server: socket.socket) -> None:
+    """Each client sends its payload to the server (loopback: queued when this returns)."""
+    for sock, payload in zip(socks, payloads, strict=True):
+        sock.sendto(payload, server.getsockname())
+
+
+def assert_no_reply(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        sock.recv(100)
 
 
 def service(responder: Echo, server: socket.socket) -> NtpService:
@@ -72,10 +95,11 @@ def service(responder: Echo, server: socket.socket) -> NtpService:
     return svc
 
 
+MakeService = Callable[[Echo, socket.socket], NtpService]
+
+
 @pytest.fixture(params=["batched", "fallback"])
-def make_service(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[Echo, socket.socket], NtpService]:
+def make_service(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> MakeService:
     """Either loop: the fallback is what runs where libc has no recvmmsg/sendmmsg."""
     if request.param == "batched":
         return service
@@ -104,143 +128,116 @@ def record_sends(svc: NtpService) -> list[int]:
 
 
 def test_replies_of_a_batch_leave_in_one_system_call(
-    host: str, server: socket.socket, monkeypatch: pytest.MonkeyPatch
+    clients: Clients, server: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Unanswered requests leave no gap: the replies are packed, each to its sender."""
     monkeypatch.setattr(ntp, "_SEND_DELAY_NS", 10**10)  # a stall of this process splits none
-    socks = clients(host, 6)
+    socks = clients(6)
     payloads = [b"a", b"drop", b"c", b"drop", b"e", b"f"]
-    try:
-        svc = service(Echo(), server)
-        sends = record_sends(svc)
-        for sock, payload in zip(socks, payloads, strict=True):
-            sock.sendto(payload, server.getsockname())
-        svc.drain()
-        assert sends == [4]
-        for sock, payload in zip(socks, payloads, strict=True):
-            if payload == b"drop":
-                sock.setblocking(False)
-                with pytest.raises(BlockingIOError):
-                    sock.recv(100)
-            else:
-                assert sock.recv(100) == b"re:" + payload
-    finally:
-        for sock in socks:
-            sock.close()
+    svc = service(Echo(), server)
+    sends = record_sends(svc)
+    send(socks, payloads, server)
+    svc.drain()
+    assert sends == [4]
+    for sock, payload in zip(socks, payloads, strict=True):
+        if payload == b"drop":
+            assert_no_reply(sock)
+        else:
+            assert sock.recv(100) == b"re:" + payload
 
 
 def test_every_reply_goes_to_its_sender(
-    host: str, server: socket.socket, make_service: Callable[[Echo, socket.socket], NtpService]
+    clients: Clients,
+    server: socket.socket,
+    make_service: MakeService,
 ) -> None:
-    socks = clients(host, 5)
-    try:
-        svc = make_service(Echo(), server)
-        for i, sock in enumerate(socks):
-            sock.sendto(f"request {i}".encode(), server.getsockname())
-        svc.drain()
-        for i, sock in enumerate(socks):
-            assert sock.recv(100) == f"re:request {i}".encode()
-    finally:
-        for sock in socks:
-            sock.close()
+    socks = clients(5)
+    svc = make_service(Echo(), server)
+    send(socks, [f"request {i}".encode() for i in range(5)], server)
+    svc.drain()
+    for i, sock in enumerate(socks):
+        assert sock.recv(100) == f"re:request {i}".encode()
 
 
 def test_kernel_receive_timestamps_reach_the_responder(
-    host: str, server: socket.socket, make_service: Callable[[Echo, socket.socket], NtpService]
+    clients: Clients,
+    server: socket.socket,
+    make_service: MakeService,
 ) -> None:
-    (sock,) = clients(host, 1)
-    try:
-        echo = Echo()
-        svc = make_service(echo, server)
-        before = time.time_ns()
-        sock.sendto(b"x", server.getsockname())
-        time.sleep(0.05)  # the timestamp is the arrival's, not the read's
-        svc.drain()
-        assert len(echo.received) == 1 and before <= echo.received[0] < before + 40_000_000
-        assert sock.recv(100) == b"re:x"
-    finally:
-        sock.close()
+    (sock,) = clients(1)
+    echo = Echo()
+    svc = make_service(echo, server)
+    before = time.time_ns()
+    sock.sendto(b"x", server.getsockname())
+    time.sleep(0.05)  # the timestamp is the arrival's, not the read's
+    svc.drain()
+    assert len(echo.received) == 1 and before <= echo.received[0] < before + 40_000_000
+    assert sock.recv(100) == b"re:x"
 
 
 def test_silent_and_failing_requests_cost_only_themselves(
-    host: str, server: socket.socket, make_service: Callable[[Echo, socket.socket], NtpService]
+    clients: Clients,
+    server: socket.socket,
+    make_service: MakeService,
 ) -> None:
-    socks = clients(host, 4)
-    try:
-        svc = make_service(Echo(), server)
-        for sock, payload in zip(socks, [b"a", b"drop", b"boom", b"d"], strict=True):
-            sock.sendto(payload, server.getsockname())
-        svc.drain()
-        assert svc.errors == 1
-        assert socks[0].recv(100) == b"re:a"
-        assert socks[3].recv(100) == b"re:d"
-        for sock in socks[1:3]:
-            sock.setblocking(False)
-            with pytest.raises(BlockingIOError):
-                sock.recv(100)
-    finally:
-        for sock in socks:
-            sock.close()
+    socks = clients(4)
+    svc = make_service(Echo(), server)
+    send(socks, [b"a", b"drop", b"boom", b"d"], server)
+    svc.drain()
+    assert svc.errors == 1
+    assert socks[0].recv(100) == b"re:a"
+    assert socks[3].recv(100) == b"re:d"
+    for sock in socks[1:3]:
+        assert_no_reply(sock)
 
 
 def test_a_refused_reply_is_skipped_and_the_rest_sent(
-    host: str, server: socket.socket, monkeypatch: pytest.MonkeyPatch
+    clients: Clients, server: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ntp, "_SEND_DELAY_NS", 10**10)  # all three in one batch
-    socks = clients(host, 3)
-    try:
-        svc = service(Echo(), server)
-        real = svc._sendmmsg
-        assert real is not None
-        calls: list[int] = []
+    socks = clients(3)
+    svc = service(Echo(), server)
+    real = svc._sendmmsg
+    assert real is not None
+    calls: list[int] = []
 
-        def sendmmsg(fd: int, headers: int, count: int, flags: int) -> int:
-            calls.append(count)
-            if len(calls) == 1:  # the first message fails, as for an unreachable address
-                ctypes.set_errno(errno.EPERM)
-                return -1
-            return real(fd, headers, 1, flags)  # then one at a time (partial sends)
+    def sendmmsg(fd: int, headers: int, count: int, flags: int) -> int:
+        calls.append(count)
+        if len(calls) == 1:  # the first message fails, as for an unreachable address
+            ctypes.set_errno(errno.EPERM)
+            return -1
+        return real(fd, headers, 1, flags)  # then one at a time (partial sends)
 
-        svc._sendmmsg = sendmmsg
-        for i, sock in enumerate(socks):
-            sock.sendto(bytes([i]), server.getsockname())
-        svc.drain()
-        assert calls == [3, 2, 1]
-        assert svc.errors == 1
-        assert socks[1].recv(100) == b"re:\x01"
-        assert socks[2].recv(100) == b"re:\x02"
-    finally:
-        for sock in socks:
-            sock.close()
+    svc._sendmmsg = sendmmsg
+    send(socks, [bytes([i]) for i in range(3)], server)
+    svc.drain()
+    assert calls == [3, 2, 1]
+    assert svc.errors == 1
+    assert socks[1].recv(100) == b"re:\x01"
+    assert socks[2].recv(100) == b"re:\x02"
 
 
-def test_sealed_replies_wait_no_longer_than_the_bound(host: str, server: socket.socket) -> None:
+def test_sealed_replies_wait_no_longer_than_the_bound(
+    clients: Clients, server: socket.socket
+) -> None:
     # Each request takes longer than the bound: replies leave two by two, the first
     # of each pair sent once the second is sealed, never later.
     pause = ntp._SEND_DELAY_NS / 1e9 * 1.5
-    socks = clients(host, 4)
-    try:
-        svc = service(Echo(pause=pause), server)
-        sends = record_sends(svc)
-        for sock in socks:
-            sock.sendto(b"slow", server.getsockname())
-        svc.drain()
-        assert sends == [2, 2]
-        for sock in socks:
-            assert sock.recv(100) == b"re:slow"
-    finally:
-        for sock in socks:
-            sock.close()
+    socks = clients(4)
+    svc = service(Echo(pause=pause), server)
+    sends = record_sends(svc)
+    send(socks, [b"slow"] * 4, server)
+    svc.drain()
+    assert sends == [2, 2]
+    for sock in socks:
+        assert sock.recv(100) == b"re:slow"
 
 
-def test_buffers_are_reused_without_stale_bytes(server: socket.socket, host: str) -> None:
+def test_buffers_are_reused_without_stale_bytes(clients: Clients, server: socket.socket) -> None:
     """A long reply then a short one in the same slot: the short one is sent alone."""
-    (sock,) = clients(host, 1)
-    try:
-        svc = service(Echo(), server)
-        for payload in (b"x" * 1000, b"y"):
-            sock.sendto(payload, server.getsockname())
-            svc.drain()
-            assert sock.recv(2048) == b"re:" + payload
-    finally:
-        sock.close()
+    (sock,) = clients(1)
+    svc = service(Echo(), server)
+    for payload in (b"x" * 1000, b"y"):
+        sock.sendto(payload, server.getsockname())
+        svc.drain()
+        assert sock.recv(2048) == b"re:" + payload
