@@ -154,7 +154,7 @@ class _RecvArray:
 
 class _Validator:
     def __init__(self, spec: dict[str, Any]) -> None:
-        from gnomon.proto.client import Association, PendingRequest
+        from gnomon.proto.nts.client import Association, PendingRequest
 
         self.by_origin: dict[bytes, int] = {}
         self.requests = spec["requests"]
@@ -374,9 +374,9 @@ def run_probe(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> di
     runs on this machine's clock, so the true offset is zero: what is measured is the
     asymmetry the server adds (its T2 and T3 against the wire), under whatever load the
     other load generators put on it."""
+    from gnomon.client.ntp import _ANCILLARY_SPACE, _TIMESPEC, SO_TIMESTAMPNS
     from gnomon.errors import ResponseMismatchError
-    from gnomon.ntpclient import _ANCILLARY_SPACE, _TIMESPEC, SO_TIMESTAMPNS
-    from gnomon.proto.client import Association
+    from gnomon.proto.nts.client import Association
 
     session = spec["session"]
     initial = [bytes.fromhex(c) for c in session["cookies"]]
@@ -496,17 +496,17 @@ def _restrict_groups(groups: str) -> None:
     """Make gnomon's KE client offer only ``groups`` (an OpenSSL groups list)."""
     from OpenSSL._util import lib
 
-    import gnomon.keclient
+    import gnomon.client.ke
     from gnomon.tls import client_context
 
     context = client_context()
     if lib.SSL_CTX_set1_curves_list(context._context, groups.encode()) != 1:
         raise RuntimeError(f"OpenSSL refused the groups list {groups!r}")
-    gnomon.keclient._CONTEXT = context
+    gnomon.client.ke._CONTEXT = context
 
 
 def run_ke(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict[str, Any]:
-    from gnomon.keclient import KeConnection
+    from gnomon.client.ke import KeConnection
     from gnomon.tls import TrustStore
 
     host, port = spec["host"], int(spec["port"])
@@ -610,9 +610,9 @@ def main() -> int:
     hard_end = born + float(spec["max_seconds"])
     if spec["mode"] == "ke":
         # Import now, not in the measurement window.
-        import gnomon.keclient
+        import gnomon.client.ke
     elif spec["mode"] == "probe":
-        import gnomon.proto.client  # noqa: F401
+        import gnomon.proto.nts.client  # noqa: F401
     else:
         _Validator(spec)
     print("READY", flush=True)

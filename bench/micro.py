@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
-from gnomon.proto.client import Association
-from gnomon.proto.cookie import CookieCodec, CookieKey
-from gnomon.proto.ke import MAX_COOKIES
-from gnomon.proto.server import NtpResponder, TimeSource
+from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
+from gnomon.proto.nts.client import Association
+from gnomon.proto.nts.cookie import CookieCodec, CookieKey
+from gnomon.proto.nts.ke import MAX_COOKIES
+from gnomon.proto.nts.ntp_server import NtpResponder, TimeSource
 
 SCENARIOS = {
     "plain": (None, 0),

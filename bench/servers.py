@@ -426,7 +426,7 @@ class RequestSet:
 
 def ke_sessions(port: int, ca: Path, aead: int, count: int, timeout: float = 5.0) -> list[Any]:
     """``count`` NTS-KE exchanges offering only ``aead``; raises if the server refuses it."""
-    from gnomon.keclient import ke_exchange
+    from gnomon.client.ke import ke_exchange
     from gnomon.tls import TrustStore
 
     trust = TrustStore.from_file(ca)
@@ -442,7 +442,7 @@ def ke_sessions(port: int, ca: Path, aead: int, count: int, timeout: float = 5.0
 
 
 def plain_requests(count: int) -> RequestSet:
-    from gnomon.proto.ntp import MODE_CLIENT, NtpHeader
+    from gnomon.proto.nts.ntp import MODE_CLIENT, NtpHeader
 
     requests = []
     for _ in range(count):
@@ -455,8 +455,8 @@ def plain_requests(count: int) -> RequestSet:
 def nts_requests(sessions: list[Any], placeholders: int, count: int) -> RequestSet:
     """``count`` requests spread over the sessions and their cookies, each asking for
     ``placeholders`` extra cookies (Association sends 8 - jar size placeholders)."""
-    from gnomon.proto.client import Association
-    from gnomon.proto.ke import MAX_COOKIES
+    from gnomon.proto.nts.client import Association
+    from gnomon.proto.nts.ke import MAX_COOKIES
 
     requests: list[dict[str, Any]] = []
     for i in range(count):
@@ -485,8 +485,8 @@ def nts_requests(sessions: list[Any], placeholders: int, count: int) -> RequestS
 
 def preflight(port: int, request_set: RequestSet, samples: int = 4) -> dict[str, Any]:
     """Send a few requests one by one and check the replies fully; raises on a bad one."""
-    from gnomon.proto.client import Association, PendingRequest
-    from gnomon.proto.ntp import NtpHeader
+    from gnomon.proto.nts.client import Association, PendingRequest
+    from gnomon.proto.nts.ntp import NtpHeader
 
     sessions = [
         Association(s["aead"], bytes.fromhex(s["c2s"]), bytes.fromhex(s["s2c"]), [])

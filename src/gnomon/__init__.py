@@ -5,6 +5,7 @@
 >>> print(result.offset, result.authenticated)
 """
 
+from .client.session import Result, Session, aquery, query
 from .errors import (
     AuthenticationError,
     CertificateError,
@@ -22,7 +23,6 @@ from .errors import (
     ResponseMismatchError,
     TlsError,
 )
-from .session import Result, Session, aquery, query
 
 __version__ = "0.1.0"
 

@@ -8,10 +8,10 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .client.session import Result, Session, parse_server
 from .errors import GnomonError
-from .proto.aead import ALGORITHMS
-from .proto.client import DEFAULT_AEADS
-from .session import Result, Session, parse_server
+from .proto.nts.aead import ALGORITHMS
+from .proto.nts.client import DEFAULT_AEADS
 
 
 def _aead_list(text: str) -> tuple[int, ...]:

@@ -13,8 +13,8 @@ from OpenSSL import SSL
 
 import gnomon
 from gnomon.certs import DemoPki, make_demo_pki
-from gnomon.keclient import ake_exchange, ke_exchange
-from gnomon.proto.ke import Record, RecordStream, RecordType, encode_records, u16_list
+from gnomon.client.ke import ake_exchange, ke_exchange
+from gnomon.proto.nts.ke import Record, RecordStream, RecordType, encode_records, u16_list
 from gnomon.server.certificates import load_server_context
 from gnomon.tls import TrustStore
 

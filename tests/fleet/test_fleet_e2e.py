@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from gnomon.certs import DemoPki, make_demo_pki
-from gnomon.keclient import KeResult, ke_exchange
-from gnomon.ntpclient import Timing, ntp_exchange
-from gnomon.proto.client import Association
+from gnomon.client.ke import KeResult, ke_exchange
+from gnomon.client.ntp import Timing, ntp_exchange
+from gnomon.proto.nts.client import Association
 from gnomon.server.status import fetch_metrics
 from gnomon.tls import TrustStore
 from tests.peers.proc import free_port

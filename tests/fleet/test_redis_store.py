@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from gnomon.errors import GnomonError
-from gnomon.proto.aead import AES_128_GCM_SIV
+from gnomon.proto.nts.aead import AES_128_GCM_SIV
 from gnomon.server.keys import KeyRing, RotationPolicy
 from gnomon.server.redisstore import (
     MIN_FLEET_SECRET_LEN,

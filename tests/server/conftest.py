@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gnomon.certs import DemoPki, make_demo_pki
-from gnomon.proto.cookie import CookieCodec, CookieKey
+from gnomon.proto.nts.cookie import CookieCodec, CookieKey
 
 
 @pytest.fixture(scope="session")

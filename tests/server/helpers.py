@@ -24,15 +24,8 @@ from typing import Any
 from OpenSSL import SSL
 
 from gnomon.errors import GnomonError
-from gnomon.proto.aead import ALGORITHMS, Aead
-from gnomon.proto.ke import Record, RecordStream, RecordType, encode_records, u16_list
-from gnomon.proto.ntp import (
-    MODE_CLIENT,
-    NtpHeader,
-    NtpPacket,
-    encode_extension_field,
-)
-from gnomon.proto.nts import (
+from gnomon.proto.nts.aead import ALGORITHMS, Aead
+from gnomon.proto.nts.fields import (
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
     EF_UNIQUE_IDENTIFIER,
@@ -40,6 +33,13 @@ from gnomon.proto.nts import (
     locate_nts_fields,
     open_authenticator,
     parse_encrypted_fields,
+)
+from gnomon.proto.nts.ke import Record, RecordStream, RecordType, encode_records, u16_list
+from gnomon.proto.nts.ntp import (
+    MODE_CLIENT,
+    NtpHeader,
+    NtpPacket,
+    encode_extension_field,
 )
 from gnomon.server.app import Server
 from gnomon.server.config import ServerConfig

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from gnomon.certs import DemoPki, make_demo_pki
+from gnomon.client.ke import ake_exchange
 from gnomon.errors import CertificateError, GnomonError
-from gnomon.keclient import ake_exchange
-from gnomon.proto.ntp import HEADER_LEN, MODE_SERVER, NtpHeader
+from gnomon.proto.nts.ntp import HEADER_LEN, MODE_SERVER, NtpHeader
 from gnomon.tls import TrustStore
 
 from .helpers import LOOPBACK, base_config, plain_request, running_server, udp_ask

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, derive_keys
-from gnomon.proto.cookie import CookieCodec
-from gnomon.proto.ke import MAX_COOKIES, ErrorCode, Record, RecordType
-from gnomon.proto.server import KeResponder
+from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, derive_keys
+from gnomon.proto.nts.cookie import CookieCodec
+from gnomon.proto.nts.ke import MAX_COOKIES, ErrorCode, Record, RecordType
+from gnomon.proto.nts.ke_server import KeResponder
 
 from .helpers import (
     aead_record,
@@ -135,7 +135,7 @@ def test_aead_chosen_by_server_preference(
     offered=st.lists(st.integers(0, 40), min_size=0, max_size=6),
 )
 def test_aead_never_one_the_client_did_not_offer(server: list[int], offered: list[int]) -> None:
-    from gnomon.proto.cookie import CookieKey
+    from gnomon.proto.nts.cookie import CookieKey
 
     codec = CookieCodec(CookieKey(1, bytes(16)))
     records = respond(codec, message(npn(0), aead_record(*offered)), aeads=tuple(server))

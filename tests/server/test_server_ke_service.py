@@ -12,12 +12,12 @@ from OpenSSL import SSL
 from OpenSSL._util import lib as openssl_lib
 
 from gnomon.certs import DemoPki
-from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, derive_keys
-from gnomon.proto.client import Association
-from gnomon.proto.cookie import CookieCodec, CookieKey
-from gnomon.proto.ke import MAX_COOKIES, ErrorCode, Record, RecordStream, RecordType
-from gnomon.proto.server import KeResponder
-from gnomon.session import Session
+from gnomon.client.session import Session
+from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, derive_keys
+from gnomon.proto.nts.client import Association
+from gnomon.proto.nts.cookie import CookieCodec, CookieKey
+from gnomon.proto.nts.ke import MAX_COOKIES, ErrorCode, Record, RecordStream, RecordType
+from gnomon.proto.nts.ke_server import KeResponder
 from gnomon.tls import TlsEngine
 
 from .helpers import (

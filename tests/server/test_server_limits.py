@@ -9,7 +9,7 @@ import socket
 from gnomon import Session
 from gnomon.certs import DemoPki
 from gnomon.errors import GnomonError
-from gnomon.proto.ntp import NtpHeader
+from gnomon.proto.nts.ntp import NtpHeader
 
 from .helpers import LOOPBACK, base_config, plain_request, running_server
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gnomon
 from gnomon.certs import DemoPki
-from gnomon.proto.ntp import NtpHeader
+from gnomon.proto.nts.ntp import NtpHeader
 from gnomon.server.status import fetch_metrics, summarize
 from tests.peers.proc import free_port
 

@@ -9,23 +9,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
-from gnomon.proto.cookie import CookieCodec, CookieKey, cookie_length
-from gnomon.proto.ke import MAX_COOKIES
-from gnomon.proto.ntp import (
+from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
+from gnomon.proto.nts.cookie import CookieCodec, CookieKey, cookie_length
+from gnomon.proto.nts.fields import (
+    EF_NTS_AUTHENTICATOR,
+    EF_NTS_COOKIE,
+    EF_NTS_COOKIE_PLACEHOLDER,
+    EF_UNIQUE_IDENTIFIER,
+)
+from gnomon.proto.nts.ke import MAX_COOKIES
+from gnomon.proto.nts.ntp import (
     HEADER_LEN,
     MODE_SERVER,
     NtpHeader,
     encode_extension_field,
     unix_ns_to_ntp,
 )
-from gnomon.proto.nts import (
-    EF_NTS_AUTHENTICATOR,
-    EF_NTS_COOKIE,
-    EF_NTS_COOKIE_PLACEHOLDER,
-    EF_UNIQUE_IDENTIFIER,
-)
-from gnomon.proto.server import NtpResponder, TimeSource
+from gnomon.proto.nts.ntp_server import NtpResponder, TimeSource
 from gnomon.proto.wire import pad4
 from gnomon.server.keys import KeyRing, MemoryKeyStore, RotationPolicy
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gnomon.certs import DemoPki
+from gnomon.client.ke import KeResult, ke_exchange
 from gnomon.errors import NtsNakError
-from gnomon.keclient import KeResult, ke_exchange
-from gnomon.proto.client import Association
+from gnomon.proto.nts.client import Association
 from gnomon.tls import TrustStore
 
 from .helpers import LOOPBACK, ServerProcess, toml_config, udp_ask

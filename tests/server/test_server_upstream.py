@@ -11,8 +11,14 @@ from dataclasses import dataclass
 import pytest
 
 from gnomon.certs import DemoPki
-from gnomon.proto.ntp import HEADER_LEN, MODE_SERVER, NtpHeader, seconds_to_short, unix_ns_to_ntp
-from gnomon.proto.server import TimeSource
+from gnomon.proto.nts.ntp import (
+    HEADER_LEN,
+    MODE_SERVER,
+    NtpHeader,
+    seconds_to_short,
+    unix_ns_to_ntp,
+)
+from gnomon.proto.nts.ntp_server import TimeSource
 from gnomon.server.upstream import UpstreamPoller
 
 from .helpers import LOOPBACK, base_config, plain_request, running_server, udp_ask

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gnomon.certs import make_demo_pki
-from gnomon.proto.ntp import NtpHeader
+from gnomon.proto.nts.ntp import NtpHeader
 from gnomon.server.ntp import steer_by_source
 from tests.server.helpers import ServerProcess, toml_config
 

@@ -13,7 +13,7 @@ import pytest
 
 import gnomon
 from gnomon.certs import make_demo_pki
-from gnomon.proto.ntp import NtpHeader
+from gnomon.proto.nts.ntp import NtpHeader
 from tests.server.helpers import ServerProcess
 
 PLAIN_REQUEST_TRANSMIT = 0x1122334455667788

@@ -11,21 +11,21 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gnomon.proto.aead import ALGORITHMS, Aead
-from gnomon.proto.ntp import (
-    MODE_CLIENT,
-    MODE_SERVER,
-    NtpHeader,
-    NtpPacket,
-    encode_extension_field,
-)
-from gnomon.proto.nts import (
+from gnomon.proto.nts.aead import ALGORITHMS, Aead
+from gnomon.proto.nts.fields import (
     EF_NTS_COOKIE,
     EF_UNIQUE_IDENTIFIER,
     encode_authenticator,
     locate_nts_fields,
     open_authenticator,
     parse_encrypted_fields,
+)
+from gnomon.proto.nts.ntp import (
+    MODE_CLIENT,
+    MODE_SERVER,
+    NtpHeader,
+    NtpPacket,
+    encode_extension_field,
 )
 
 _UNSET = object()

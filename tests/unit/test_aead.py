@@ -1,4 +1,4 @@
-"""AEAD algorithms and NTS key derivation (gnomon.proto.aead).
+"""AEAD algorithms and NTS key derivation (gnomon.proto.nts.aead).
 
 The AES-SIV vectors are RFC 5297 appendix A, the AES-128-GCM-SIV vectors RFC
 8452 appendix C.1. A small reference S2V/SIV written here from RFC 5297
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
 
 from gnomon.errors import AuthenticationError
-from gnomon.proto.aead import (
+from gnomon.proto.nts.aead import (
     AES_128_GCM_SIV,
     AES_SIV_CMAC_256,
     AES_SIV_CMAC_384,
@@ -28,8 +28,8 @@ from gnomon.proto.aead import (
     derive_keys,
     exporter_context,
 )
-from gnomon.proto.client import keys_from_response
-from gnomon.proto.ke import KeResponse
+from gnomon.proto.nts.client import keys_from_response
+from gnomon.proto.nts.ke import KeResponse
 
 
 def h(text: str) -> bytes:

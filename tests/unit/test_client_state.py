@@ -1,4 +1,4 @@
-"""The NTS client state machines (gnomon.proto.client, gnomon.ntpclient.UdpExchange),
+"""The NTS client state machines (gnomon.proto.nts.client, gnomon.client.ntp.UdpExchange),
 driven against the in-memory FakeServer."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import struct
 import pytest
 from fakeserver import FakeServer
 
+from gnomon.client.ntp import Timing, UdpExchange
 from gnomon.errors import (
     AuthenticationError,
     KeProtocolError,
@@ -21,18 +22,17 @@ from gnomon.errors import (
     QueryTimeoutError,
     ResponseMismatchError,
 )
-from gnomon.ntpclient import Timing, UdpExchange
-from gnomon.proto.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, Aead
-from gnomon.proto.client import Association, KeExchange, PendingRequest, Sample
-from gnomon.proto.ke import Record, RecordType, build_request, encode_records, u16_list
-from gnomon.proto.ntp import MODE_CLIENT, NtpPacket, encode_extension_field, unix_ns_to_ntp
-from gnomon.proto.nts import (
+from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, Aead
+from gnomon.proto.nts.client import Association, KeExchange, PendingRequest, Sample
+from gnomon.proto.nts.fields import (
     EF_NTS_AUTHENTICATOR,
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
     EF_UNIQUE_IDENTIFIER,
     encode_authenticator,
 )
+from gnomon.proto.nts.ke import Record, RecordType, build_request, encode_records, u16_list
+from gnomon.proto.nts.ntp import MODE_CLIENT, NtpPacket, encode_extension_field, unix_ns_to_ntp
 
 NS = 1_000_000_000
 T1 = calendar.timegm((2025, 6, 1, 12, 0, 0, 0, 0, 0)) * NS + 123_456_789
@@ -777,7 +777,7 @@ def test_ke_exchange_server_error() -> None:
 
 def test_ke_to_ntp_end_to_end_with_derived_keys() -> None:
     """KeExchange's response, keys from a fake exporter, then a good NTP exchange."""
-    from gnomon.proto.client import keys_from_response
+    from gnomon.proto.nts.client import keys_from_response
 
     ke = KeExchange()
     response = ke.receive_data(ke_response(aead=30, with_1024=False))

@@ -1,4 +1,4 @@
-"""NTS-KE records and messages (gnomon.proto.ke, RFC 8915 section 4)."""
+"""NTS-KE records and messages (gnomon.proto.nts.ke, RFC 8915 section 4)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gnomon.errors import GnomonError, KeProtocolError, KeServerError, NegotiationError
-from gnomon.proto.ke import (
+from gnomon.proto.nts.ke import (
     CRITICAL,
     MAX_MESSAGE_LEN,
     ErrorCode,

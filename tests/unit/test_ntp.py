@@ -1,4 +1,4 @@
-"""NTP timestamps, headers, packets and RFC 7822 extension fields (gnomon.proto.ntp)."""
+"""NTP timestamps, headers, packets and RFC 7822 extension fields (gnomon.proto.nts.ntp)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gnomon.errors import NtpFormatError
-from gnomon.proto.ntp import (
+from gnomon.proto.nts.ntp import (
     HEADER_LEN,
     MAX_PACKET_LEN,
     MODE_CLIENT,

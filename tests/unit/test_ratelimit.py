@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gnomon.proto.ntp import (
+from gnomon.proto.nts.fields import (
+    EF_NTS_AUTHENTICATOR,
+    EF_NTS_COOKIE,
+    EF_NTS_COOKIE_PLACEHOLDER,
+    EF_UNIQUE_IDENTIFIER,
+)
+from gnomon.proto.nts.ntp import (
     HEADER_LEN,
     LEAP_UNSYNCHRONIZED,
     MODE_SERVER,
@@ -17,12 +23,6 @@ from gnomon.proto.ntp import (
     NtpPacket,
     encode_extension_field,
     unix_ns_to_ntp,
-)
-from gnomon.proto.nts import (
-    EF_NTS_AUTHENTICATOR,
-    EF_NTS_COOKIE,
-    EF_NTS_COOKIE_PLACEHOLDER,
-    EF_UNIQUE_IDENTIFIER,
 )
 from gnomon.proto.ratelimit import KeRateLimiter, RateLimiter, Verdict, build_rate_kiss
 

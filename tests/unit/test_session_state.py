@@ -1,4 +1,4 @@
-"""Session persistence (keys and cookies in a 0600 file) and server specs (gnomon.session)."""
+"""Session persistence (keys and cookies in a 0600 file) and server specs (client.session)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from gnomon.certs import make_demo_pki
+from gnomon.client.ke import KeResult
+from gnomon.client.session import Session, format_reference_id, parse_server
 from gnomon.errors import CertificateError, GnomonError
-from gnomon.keclient import KeResult
-from gnomon.proto.ke import KeResponse
-from gnomon.session import Session, format_reference_id, parse_server
+from gnomon.proto.nts.ke import KeResponse
 
 KEY = "ke.example:4460"
 

@@ -77,8 +77,15 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .ntp import HEADER, HEADER_LEN, LEAP_UNSYNCHRONIZED, MODE_CLIENT, MODE_SERVER, unix_ns_to_ntp
-from .nts import EF_NTS_AUTHENTICATOR, EF_UNIQUE_IDENTIFIER
+from .nts.fields import EF_NTS_AUTHENTICATOR, EF_UNIQUE_IDENTIFIER
+from .nts.ntp import (
+    HEADER,
+    HEADER_LEN,
+    LEAP_UNSYNCHRONIZED,
+    MODE_CLIENT,
+    MODE_SERVER,
+    unix_ns_to_ntp,
+)
 
 __all__ = [
     "KeRateLimiter",

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..proto.acl import Acl
-from ..proto.cookie import CookieCodec
+from ..proto.nts.cookie import CookieCodec
+from ..proto.nts.ke_server import KeResponder
+from ..proto.nts.ntp_server import NtpResponder, TimeSource
 from ..proto.ratelimit import KeRateLimiter, RateLimiter
-from ..proto.server import KeResponder, NtpResponder, TimeSource
 from .certificates import CertificateSource
 from .config import ServerConfig, read_fleet_secret, split_host_port
 from .ke import KeLimits, KeService

@@ -14,8 +14,8 @@ from typing import Any
 
 from ..errors import ConfigError, KeProtocolError
 from ..proto.acl import Acl
-from ..proto.aead import ALGORITHMS
-from ..proto.ke import parse_server_name
+from ..proto.nts.aead import ALGORITHMS
+from ..proto.nts.ke import parse_server_name
 
 EXAMPLE = """\
 # gnomon server configuration

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 from ..errors import GnomonError, KeProtocolError
 from ..proto.acl import Acl
-from ..proto.ke import ErrorCode, RecordStream
+from ..proto.nts.ke import ErrorCode, RecordStream
+from ..proto.nts.ke_server import KeResponder
 from ..proto.ratelimit import KeRateLimiter
-from ..proto.server import KeResponder
 from ..tls import ALPN_NTSKE, TlsEngine
 from .certificates import CertificateSource
 

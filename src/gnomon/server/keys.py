@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .._os import write_private_file
 from ..errors import ConfigError, GnomonError
-from ..proto.cookie import MASTER_KEY_LEN, CookieCodec, CookieKey
-from ..session import write_private_file
+from ..proto.nts.cookie import MASTER_KEY_LEN, CookieCodec, CookieKey
 
 log = logging.getLogger("gnomon.keys")
 

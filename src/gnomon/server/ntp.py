@@ -40,10 +40,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..ntpclient import _ANCILLARY_SPACE, _TIMESPEC, SO_TIMESTAMPNS
+from .._os import SO_TIMESTAMPNS, TIMESPEC, TIMESTAMP_ANCILLARY_SPACE
 from ..proto.acl import Acl
+from ..proto.nts.ntp_server import NtpResponder
 from ..proto.ratelimit import DROP, KISS, RateLimiter, build_rate_kiss
-from ..proto.server import NtpResponder
 
 log = logging.getLogger("gnomon.ntp")
 MAX_REQUEST = 2048
@@ -443,14 +443,14 @@ class NtpService:
         now = time.monotonic() if admission is not None else 0.0
         for _ in range(self.batch):
             try:
-                data, ancillary, _, address = recvmsg(MAX_REQUEST, _ANCILLARY_SPACE)
+                data, ancillary, _, address = recvmsg(MAX_REQUEST, TIMESTAMP_ANCILLARY_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.errors += 1
                 return
             if ancillary:
-                seconds, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
+                seconds, nanoseconds = TIMESPEC.unpack_from(ancillary[0][2])
                 received = seconds * 1_000_000_000 + nanoseconds
             else:
                 received = time_ns()

@@ -75,7 +75,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import GnomonError
-from ..proto.cookie import MASTER_KEY_LEN
+from ..proto.nts.cookie import MASTER_KEY_LEN
 
 log = logging.getLogger("gnomon.keys.redis")
 

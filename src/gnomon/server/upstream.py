@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..proto.ntp import (
+from ..proto.nts.ntp import (
     LEAP_UNSYNCHRONIZED,
     MODE_CLIENT,
     NtpHeader,
@@ -29,7 +29,7 @@ from ..proto.ntp import (
     short_to_seconds,
     unix_ns_to_ntp,
 )
-from ..proto.server import TimeSource
+from ..proto.nts.ntp_server import TimeSource
 
 log = logging.getLogger("gnomon.upstream")
 

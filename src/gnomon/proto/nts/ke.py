@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..errors import KeProtocolError, KeServerError, NegotiationError
+from ...errors import KeProtocolError, KeServerError, NegotiationError
 from .aead import ALGORITHMS, NEXT_PROTOCOL_NTPV4
 
 CRITICAL = 0x8000

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 import time
 from dataclasses import dataclass
 
-from .errors import (
+from .._os import SO_TIMESTAMPNS, TIMESTAMP_ANCILLARY_SPACE, timestamp_from_ancillary
+from ..errors import (
     AuthenticationError,
     GnomonError,
     NoCookiesError,
@@ -24,11 +24,8 @@ from .errors import (
     QueryTimeoutError,
     ResponseMismatchError,
 )
-from .proto.client import Association, PendingRequest, Sample
+from ..proto.nts.client import Association, PendingRequest, Sample
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; 3.11 does not export it
-_TIMESPEC = struct.Struct("@qq")
-_ANCILLARY_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 MAX_DATAGRAM = 4096
 
 
@@ -123,13 +120,8 @@ def open_udp_socket(family: int, address: tuple[str, int]) -> socket.socket:
 
 def receive_with_timestamp(sock: socket.socket) -> tuple[bytes, int]:
     """One datagram and its kernel receive time (Unix ns)."""
-    data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM, _ANCILLARY_SPACE)
-    received_ns = time.time_ns()
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
-            seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
-            received_ns = seconds * 1_000_000_000 + nanoseconds
-    return data, received_ns
+    data, ancillary, _, _ = sock.recvmsg(MAX_DATAGRAM, TIMESTAMP_ANCILLARY_SPACE)
+    return data, timestamp_from_ancillary(ancillary, time.time_ns())
 
 
 def ntp_exchange(

@@ -1,44 +1,23 @@
-"""The server's protocol logic without I/O: KE requests and NTP requests in,
-responses out.
+"""The NTP side of an NTS server without I/O: a request datagram in, the reply out.
 
-:class:`NtpResponder` answers one datagram at a time; :class:`KeResponder`
-turns a complete NTS-KE request into the response bytes. Both take the
-current cookie keys from a :class:`~.cookie.CookieCodec` the caller may swap
-at any time (key rotation), and the time-source state as a
-:class:`TimeSource` value.
+:class:`NtpResponder` answers one datagram at a time with the current cookie
+keys from a :class:`~.cookie.CookieCodec` the caller may swap at any time (key
+rotation), and the time-source state as a :class:`TimeSource` value.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
 
-from ..errors import NtpFormatError
-from .aead import AES_128_GCM_SIV, ALGORITHMS, Exporter, derive_keys
+from ...errors import NtpFormatError
+from .aead import AES_128_GCM_SIV, ALGORITHMS
 from .cookie import CookieCodec
-from .ke import (
-    MAX_COOKIES,
-    ErrorCode,
-    KeRequest,
-    KeRequestError,
-    Record,
-    RecordType,
-    encode_records,
-    parse_request,
-    u16_list,
-)
-from .ntp import (
-    HEADER,
-    HEADER_LEN,
-    LEAP_UNSYNCHRONIZED,
-    MODE_CLIENT,
-    MODE_SERVER,
-)
-from .nts import (
+from .fields import (
     EF_NTS_AUTHENTICATOR,
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
@@ -46,6 +25,16 @@ from .nts import (
     MIN_NONCE_LEN,
     MIN_UNIQUE_ID_LEN,
     parse_encrypted_fields,
+)
+from .ke import (
+    MAX_COOKIES,
+)
+from .ntp import (
+    HEADER,
+    HEADER_LEN,
+    LEAP_UNSYNCHRONIZED,
+    MODE_CLIENT,
+    MODE_SERVER,
 )
 
 NTSN = b"NTSN"
@@ -379,76 +368,3 @@ class NtpResponder:
         )
         return header + data[uid_at:uid_end]
 
-
-_U16 = struct.Struct("!H")
-_RECORD_HEAD = struct.Struct("!HH")  # record type (critical bit clear), body length
-
-
-@dataclass
-class KeCounters:
-    ok: int = 0
-    error: int = 0
-    no_common_aead: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-
-@dataclass
-class KeResponder:
-    """Builds NTS-KE responses (RFC 8915 section 4).
-
-    The AEAD is the first of ``aeads`` (server preference) that the client
-    offered; for AES-128-GCM-SIV the keys come from the compliant exporter
-    context when the client sent record 1024, else from chrony's original one.
-    """
-
-    codec_provider: Callable[[], CookieCodec]
-    aeads: Sequence[int] = (AES_128_GCM_SIV, 15)
-    ntp_server: str | None = None
-    ntp_port: int | None = None
-    counters: KeCounters = field(default_factory=KeCounters)
-
-    def respond(self, records: Sequence[Record], exporter: Exporter) -> bytes:
-        try:
-            request = parse_request(records)
-        except KeRequestError as exc:
-            return self.error(exc.code)
-        return self._negotiate(request, exporter)
-
-    def error(self, code: ErrorCode) -> bytes:
-        self.counters.error += 1
-        return encode_records(
-            [
-                Record(RecordType.ERROR, _U16.pack(code), critical=True),
-                Record(RecordType.END_OF_MESSAGE, critical=True),
-            ]
-        )
-
-    def _negotiate(self, request: KeRequest, exporter: Exporter) -> bytes:
-        records: list[Record] = []
-        protocol_ok = 0 in request.protocols
-        records.append(Record(RecordType.NEXT_PROTOCOL, u16_list([0] if protocol_ok else []), True))
-        chosen = next((a for a in self.aeads if a in request.aeads), None)
-        if not protocol_ok or chosen is None:
-            self.counters.no_common_aead += 1
-            records.append(Record(RecordType.AEAD_ALGORITHM, b"", True))
-            records.append(Record(RecordType.END_OF_MESSAGE, critical=True))
-            return encode_records(records)
-        records.append(Record(RecordType.AEAD_ALGORITHM, u16_list([chosen]), True))
-        compliant = chosen != AES_128_GCM_SIV or request.compliant_gcm_siv
-        if chosen == AES_128_GCM_SIV and request.compliant_gcm_siv:
-            records.append(Record(RecordType.COMPLIANT_AES_128_GCM_SIV_EXPORTER))
-        c2s, s2c = derive_keys(exporter, chosen, compliant=compliant)
-        cookies = self.codec_provider().seal_many(chosen, c2s, s2c, MAX_COOKIES)
-        cookie_head = _RECORD_HEAD.pack(RecordType.NEW_COOKIE, len(cookies[0]))  # all one size
-        tail: list[Record] = []
-        if self.ntp_server is not None:
-            tail.append(Record(RecordType.NTPV4_SERVER, self.ntp_server.encode("ascii")))
-        if self.ntp_port is not None:
-            tail.append(Record(RecordType.NTPV4_PORT, _U16.pack(self.ntp_port)))
-        tail.append(Record(RecordType.END_OF_MESSAGE, critical=True))
-        self.counters.ok += 1
-        return b"".join(
-            (encode_records(records), *[cookie_head + c for c in cookies], encode_records(tail))
-        )

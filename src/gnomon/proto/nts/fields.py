@@ -5,10 +5,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import AuthenticationError, NtpFormatError
+from ...errors import AuthenticationError, NtpFormatError
+from ..wire import Reader, pad4
 from .aead import TAG_LENGTH, Aead
 from .ntp import EF_HEADER, ExtensionField, parse_extension_fields
-from .wire import Reader, pad4
 
 EF_UNIQUE_IDENTIFIER = 0x0104
 EF_NTS_COOKIE = 0x0204

@@ -61,7 +61,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .aead import ALGORITHMS
-from .nts import EF_NTS_COOKIE
+from .fields import EF_NTS_COOKIE
 
 MASTER_KEY_LEN = 16
 NONCE_LEN = 12

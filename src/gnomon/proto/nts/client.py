@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..errors import (
+from ...errors import (
     AuthenticationError,
     KissOfDeathError,
     NoCookiesError,
@@ -22,6 +22,16 @@ from ..errors import (
     ResponseMismatchError,
 )
 from .aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, Aead, Exporter, derive_keys
+from .fields import (
+    EF_NTS_COOKIE,
+    EF_NTS_COOKIE_PLACEHOLDER,
+    EF_UNIQUE_IDENTIFIER,
+    UNIQUE_ID_LEN,
+    encode_authenticator,
+    locate_nts_fields,
+    open_authenticator,
+    parse_encrypted_fields,
+)
 from .ke import (
     MAX_COOKIE_LEN,
     MAX_COOKIES,
@@ -39,16 +49,6 @@ from .ntp import (
     encode_extension_field,
     ntp_to_unix_ns,
     short_to_seconds,
-)
-from .nts import (
-    EF_NTS_COOKIE,
-    EF_NTS_COOKIE_PLACEHOLDER,
-    EF_UNIQUE_IDENTIFIER,
-    UNIQUE_ID_LEN,
-    encode_authenticator,
-    locate_nts_fields,
-    open_authenticator,
-    parse_encrypted_fields,
 )
 
 DEFAULT_AEADS: tuple[int, ...] = (AES_128_GCM_SIV, AES_SIV_CMAC_256)
@@ -86,7 +86,7 @@ class KeExchange:
     def connection_closed(self) -> None:
         """The server closed the connection; an error unless the message was complete."""
         if not self._stream.complete:
-            from ..errors import KeProtocolError
+            from ...errors import KeProtocolError
 
             raise KeProtocolError("server closed the connection before End of Message")
 

@@ -1,7 +1,7 @@
 """NTS-KE client: TLS 1.3 with ALPN ``ntske/1``, blocking and asyncio.
 
 :class:`KeConnection` joins the TLS engine and the sans-I/O
-:class:`~gnomon.proto.client.KeExchange`; :func:`ke_exchange` and
+:class:`~gnomon.proto.nts.client.KeExchange`; :func:`ke_exchange` and
 :func:`ake_exchange` only move its bytes over a socket under a deadline.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from OpenSSL import SSL
 
-from .errors import GnomonError, KeProtocolError, QueryTimeoutError, TlsError
-from .proto.client import DEFAULT_AEADS, KeExchange, keys_from_response
-from .proto.ke import KeResponse
-from .tls import ALPN_NTSKE, TlsEngine, TrustStore, client_context
+from ..errors import GnomonError, KeProtocolError, QueryTimeoutError, TlsError
+from ..proto.nts.client import DEFAULT_AEADS, KeExchange, keys_from_response
+from ..proto.nts.ke import KeResponse
+from ..tls import ALPN_NTSKE, TlsEngine, TrustStore, client_context
 
 NTS_KE_PORT = 4460
 NTP_PORT = 123

@@ -10,22 +10,20 @@ hit the KE server again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import GnomonError, NoCookiesError, NtsNakError
-from .keclient import NTS_KE_PORT, KeResult, ake_exchange, ke_exchange
-from .ntpclient import Timing, antp_exchange, ntp_exchange
-from .proto.aead import aead_name
-from .proto.client import DEFAULT_AEADS, Association, Sample
-from .tls import TrustStore
+from .._os import write_private_file
+from ..errors import GnomonError, NoCookiesError, NtsNakError
+from ..proto.nts.aead import aead_name
+from ..proto.nts.client import DEFAULT_AEADS, Association, Sample
+from ..tls import TrustStore
+from .ke import NTS_KE_PORT, KeResult, ake_exchange, ke_exchange
+from .ntp import Timing, antp_exchange, ntp_exchange
 
 STATE_VERSION = 1
 
@@ -323,23 +321,6 @@ class Session:
         write_private_file(
             self.state_file, json.dumps({"version": STATE_VERSION, "servers": servers})
         )
-
-
-def write_private_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 _default_session: Session | None = None

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
 
-from ..errors import AuthenticationError
+from ...errors import AuthenticationError
 
 AES_SIV_CMAC_256 = 15
 AES_SIV_CMAC_384 = 16

@@ -11,8 +11,8 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..errors import NtpFormatError
-from .wire import Reader
+from ...errors import NtpFormatError
+from ..wire import Reader
 
 HEADER = struct.Struct("!BBbbII4sQQQQ")
 HEADER_LEN = HEADER.size  # 48

@@ -1,0 +1,41 @@
+"""What the client and the server both need from the operating system: kernel
+receive timestamps on UDP sockets and files only their owner can read."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import tempfile
+from pathlib import Path
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; 3.11 does not export it
+TIMESPEC = struct.Struct("@qq")
+TIMESTAMP_ANCILLARY_SPACE = socket.CMSG_SPACE(TIMESPEC.size)
+
+
+def timestamp_from_ancillary(ancillary: list[tuple[int, int, bytes]], default_ns: int) -> int:
+    """The kernel receive time (Unix ns) in ``recvmsg``'s ancillary data, else ``default_ns``."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= TIMESPEC.size:
+            seconds, nanoseconds = TIMESPEC.unpack_from(payload)
+            return int(seconds) * 1_000_000_000 + int(nanoseconds)
+    return default_ns
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

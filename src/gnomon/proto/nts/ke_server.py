@@ -1,0 +1,99 @@
+"""The NTS-KE side of an NTS server without I/O: a complete request in, the response out.
+
+:class:`KeResponder` turns the records of an NTS-KE request into the response
+bytes (RFC 8915 section 4), sealing cookies with the current
+:class:`~.cookie.CookieCodec`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .aead import AES_128_GCM_SIV, Exporter, derive_keys
+from .cookie import CookieCodec
+from .ke import (
+    MAX_COOKIES,
+    ErrorCode,
+    KeRequest,
+    KeRequestError,
+    Record,
+    RecordType,
+    encode_records,
+    parse_request,
+    u16_list,
+)
+
+_U16 = struct.Struct("!H")
+_RECORD_HEAD = struct.Struct("!HH")  # record type (critical bit clear), body length
+
+
+@dataclass
+class KeCounters:
+    ok: int = 0
+    error: int = 0
+    no_common_aead: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+@dataclass
+class KeResponder:
+    """Builds NTS-KE responses (RFC 8915 section 4).
+
+    The AEAD is the first of ``aeads`` (server preference) that the client
+    offered; for AES-128-GCM-SIV the keys come from the compliant exporter
+    context when the client sent record 1024, else from chrony's original one.
+    """
+
+    codec_provider: Callable[[], CookieCodec]
+    aeads: Sequence[int] = (AES_128_GCM_SIV, 15)
+    ntp_server: str | None = None
+    ntp_port: int | None = None
+    counters: KeCounters = field(default_factory=KeCounters)
+
+    def respond(self, records: Sequence[Record], exporter: Exporter) -> bytes:
+        try:
+            request = parse_request(records)
+        except KeRequestError as exc:
+            return self.error(exc.code)
+        return self._negotiate(request, exporter)
+
+    def error(self, code: ErrorCode) -> bytes:
+        self.counters.error += 1
+        return encode_records(
+            [
+                Record(RecordType.ERROR, _U16.pack(code), critical=True),
+                Record(RecordType.END_OF_MESSAGE, critical=True),
+            ]
+        )
+
+    def _negotiate(self, request: KeRequest, exporter: Exporter) -> bytes:
+        records: list[Record] = []
+        protocol_ok = 0 in request.protocols
+        records.append(Record(RecordType.NEXT_PROTOCOL, u16_list([0] if protocol_ok else []), True))
+        chosen = next((a for a in self.aeads if a in request.aeads), None)
+        if not protocol_ok or chosen is None:
+            self.counters.no_common_aead += 1
+            records.append(Record(RecordType.AEAD_ALGORITHM, b"", True))
+            records.append(Record(RecordType.END_OF_MESSAGE, critical=True))
+            return encode_records(records)
+        records.append(Record(RecordType.AEAD_ALGORITHM, u16_list([chosen]), True))
+        compliant = chosen != AES_128_GCM_SIV or request.compliant_gcm_siv
+        if chosen == AES_128_GCM_SIV and request.compliant_gcm_siv:
+            records.append(Record(RecordType.COMPLIANT_AES_128_GCM_SIV_EXPORTER))
+        c2s, s2c = derive_keys(exporter, chosen, compliant=compliant)
+        cookies = self.codec_provider().seal_many(chosen, c2s, s2c, MAX_COOKIES)
+        cookie_head = _RECORD_HEAD.pack(RecordType.NEW_COOKIE, len(cookies[0]))  # all one size
+        tail: list[Record] = []
+        if self.ntp_server is not None:
+            tail.append(Record(RecordType.NTPV4_SERVER, self.ntp_server.encode("ascii")))
+        if self.ntp_port is not None:
+            tail.append(Record(RecordType.NTPV4_PORT, _U16.pack(self.ntp_port)))
+        tail.append(Record(RecordType.END_OF_MESSAGE, critical=True))
+        self.counters.ok += 1
+        return b"".join(
+            (encode_records(records), *[cookie_head + c for c in cookies], encode_records(tail))
+        )
