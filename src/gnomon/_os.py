@@ -24,11 +24,17 @@ def timestamp_from_ancillary(ancillary: list[tuple[int, int, bytes]], default_ns
     return default_ns
 
 
-def write_private_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, readable by the owner only."""
+def write_private_file(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """Write ``text`` to ``path`` atomically, readable by the owner only.
+
+    ``owner`` (uid, gid) is given the file when this process, as root, writes it for
+    the user a server runs as.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if owner is not None and os.fstat(fd).st_uid != owner[0]:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

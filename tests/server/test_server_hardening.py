@@ -1,4 +1,5 @@
-"""Workers drop root once their ports are bound; key files stay private."""
+"""Workers drop root once their ports are bound; key files stay private and are refused
+when others could read or replace them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import gnomon
 from gnomon.certs import DemoPki
+from gnomon.errors import ConfigError
+from gnomon.server.keys import FileKeyStore
+from gnomon.server.secretfiles import read_fleet_secret
 
 from .helpers import ServerProcess
 
@@ -73,3 +79,136 @@ def test_key_folder_not_owned_by_the_user_is_refused(tmp_path: Path, pki: DemoPk
     assert done.stderr.strip().splitlines() == [
         f"gnomon: {state} (keys.path) must belong to server.user 'nobody'"
     ]
+
+
+# --- key files others could read or replace are refused (issue 11, item 3) ----------
+
+
+def _key_file(folder: Path) -> Path:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path = folder / "keys.json"
+    FileKeyStore(path).get_or_create([1, 2])  # a valid file, mode 0600
+    return path
+
+
+def _check_config(tmp_path: Path, pki: DemoPki, keys: Path) -> list[str]:
+    config = _config(tmp_path, pki, keys)
+    config.write_text(config.read_text().replace('user = "nobody"\n', ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "gnomon", "check-config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    return done.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o606, 0o660, 0o640])
+def test_key_file_open_to_others_is_refused(tmp_path: Path, pki: DemoPki, mode: int) -> None:
+    keys = _key_file(tmp_path / "state")
+    keys.chmod(mode)
+    expected = f"key file {keys} is open to other users (mode {mode:04o}); chmod 600 {keys}"
+    with pytest.raises(ConfigError) as caught:
+        FileKeyStore(keys)
+    assert str(caught.value) == expected
+    assert _check_config(tmp_path, pki, keys) == [f"gnomon: {expected}"]
+
+
+def test_key_file_of_another_user_is_refused(tmp_path: Path, pki: DemoPki) -> None:
+    assert os.geteuid() == 0, "chown needs root"
+    keys = _key_file(tmp_path / "state")
+    os.chown(keys, pwd.getpwnam("nobody").pw_uid, -1)
+    expected = f"key file {keys} belongs to nobody, not root (chown root {keys})"
+    with pytest.raises(ConfigError) as caught:
+        FileKeyStore(keys)
+    assert str(caught.value) == expected
+    assert _check_config(tmp_path, pki, keys) == [f"gnomon: {expected}"]
+
+
+def test_key_file_of_root_is_refused_for_workers_that_drop_root(tmp_path: Path) -> None:
+    """Workers running as server.user could not rotate keys in a file root owns."""
+    keys = _key_file(tmp_path / "state")
+    with pytest.raises(ConfigError, match=rf"^key file {keys} belongs to root, not nobody"):
+        FileKeyStore(keys, user="nobody")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o703])
+def test_key_file_in_a_folder_everyone_writes_is_refused(
+    tmp_path: Path, pki: DemoPki, mode: int
+) -> None:
+    folder = tmp_path / "shared"
+    keys = _key_file(folder)
+    folder.chmod(mode)
+    expected = (
+        f"key file {keys} is in {folder}, which every user can write "
+        f"(mode {mode:04o}); chmod o-w {folder}"
+    )
+    with pytest.raises(ConfigError) as caught:
+        FileKeyStore(keys)
+    assert str(caught.value) == expected
+    assert _check_config(tmp_path, pki, keys) == [f"gnomon: {expected}"]
+    (folder / "keys.json").unlink()
+    with pytest.raises(ConfigError, match="every user can write"):
+        FileKeyStore(keys)  # before the file exists too: anyone could plant one
+
+
+def test_key_file_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    os.mkfifo(keys, 0o600)
+    with pytest.raises(ConfigError, match=rf"^key file {keys} is not a regular file$"):
+        FileKeyStore(keys)
+
+
+def test_serve_refuses_an_open_key_file_in_one_line(tmp_path: Path, pki: DemoPki) -> None:
+    keys = _key_file(tmp_path / "state")
+    keys.chmod(0o644)
+    config = _config(tmp_path, pki, keys)
+    config.write_text(config.read_text().replace('user = "nobody"\n', ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "gnomon", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        f"gnomon: key file {keys} is open to other users (mode 0644); chmod 600 {keys}"
+    ]
+
+
+# --- the fleet secret is the file's bytes, all of them (issue 11, items 3 and 4) ------
+
+
+@pytest.mark.parametrize("last", [b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c", b"\x00"])
+def test_fleet_secret_ending_in_whitespace_is_read_whole(tmp_path: Path, last: bytes) -> None:
+    path = tmp_path / "fleet.key"
+    secret = os.urandom(31) + last  # what `head -c 32 /dev/urandom` gives now and then
+    path.write_bytes(secret)
+    path.chmod(0o600)
+    assert read_fleet_secret(path) == secret
+    path.write_bytes(b" \n" + secret + b"\n\n")
+    assert read_fleet_secret(path) == b" \n" + secret + b"\n\n"  # no byte dropped either end
+
+
+def test_fleet_secret_checks(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.key"
+    path.write_bytes(os.urandom(31))
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"holds 31 bytes; it needs at least 32"):
+        read_fleet_secret(path)
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"is open to other users \(mode 0640\)"):
+        read_fleet_secret(path)
+    path.chmod(0o600)
+    tmp_path.chmod(0o777)
+    try:
+        with pytest.raises(ConfigError, match=r"which every user can write"):
+            read_fleet_secret(path)
+    finally:
+        tmp_path.chmod(0o700)
+    fifo = tmp_path / "fifo.key"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(ConfigError, match=r"is not a regular file$"):
+        read_fleet_secret(fifo)  # and does not block
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(ConfigError, match=r"belongs to nobody, not root"):
+        read_fleet_secret(path)
+    assert len(read_fleet_secret(path, user="nobody")) == 32  # the user the server runs as

@@ -23,12 +23,13 @@ from ..proto.nts.ke_server import KeResponder
 from ..proto.nts.ntp_server import NtpResponder, TimeSource
 from ..proto.ratelimit import KeRateLimiter, RateLimiter
 from .certificates import CertificateSource
-from .config import ServerConfig, read_fleet_secret, split_host_port
+from .config import ServerConfig, split_host_port
 from .ke import KeLimits, KeService
 from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
 from .metrics import MULTIPROC_ENV, MetricsExporter, serve_metrics
 from .ntp import Admission, NtpService, open_ntp_socket, steer_by_source
 from .redisstore import RedisKeyStore
+from .secretfiles import read_fleet_secret
 from .upstream import UpstreamPoller, local_time_source
 
 log = logging.getLogger("gnomon.server")
@@ -57,7 +58,7 @@ def make_key_store(config: ServerConfig) -> KeyStore:
         assert config.redis_url is not None and config.fleet_secret_file is not None
         store = RedisKeyStore.connect(
             config.redis_url,
-            read_fleet_secret(config.fleet_secret_file),
+            read_fleet_secret(config.fleet_secret_file, config.user),
             period=config.rotation_period,
             keep_old=config.keep_old,
             fleet=config.fleet,
@@ -65,7 +66,7 @@ def make_key_store(config: ServerConfig) -> KeyStore:
         store.refresh()  # a store that cannot reach Redis yet holds no key: start fails below
         return store
     if config.key_path is not None:
-        return FileKeyStore(config.key_path)
+        return FileKeyStore(config.key_path, config.user)
     return MemoryKeyStore()
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GnomonError
-from .config import EXAMPLE, ServerConfig, load_config, read_fleet_secret
+from .config import EXAMPLE, ServerConfig, load_config
 from .logs import configure_logging
+from .secretfiles import read_fleet_secret
 
 
 def add_server_commands(commands: Any) -> None:
@@ -81,10 +82,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             assert config.certificate is not None and config.key is not None
             load_server_context(config.certificate, config.key)
         if config.key_store == "file" and config.key_path is not None:
-            FileKeyStore(config.key_path)
+            FileKeyStore(config.key_path, user=config.user)
         if config.key_store == "redis":
             assert config.fleet_secret_file is not None
-            read_fleet_secret(config.fleet_secret_file)
+            read_fleet_secret(config.fleet_secret_file, user=config.user)
     except GnomonError as exc:
         print(f"gnomon: {exc}", file=sys.stderr)
         return 2

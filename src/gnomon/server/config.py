@@ -311,22 +311,6 @@ def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
     return host, number
 
 
-def read_fleet_secret(path: Path) -> bytes:
-    """The fleet secret: at least 32 bytes, readable by the owner only."""
-    try:
-        mode = path.stat().st_mode
-        secret = path.read_bytes().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read fleet secret file {path}: {exc.strerror}") from None
-    if mode & 0o077:
-        raise ConfigError(f"fleet secret file {path} must not be readable by others (chmod 600)")
-    if len(secret) < 32:
-        raise ConfigError(
-            f"fleet secret file {path} holds {len(secret)} bytes; it needs at least 32"
-        )
-    return secret
-
-
 def load_config(path: str | Path) -> ServerConfig:
     path = Path(path)
     try:

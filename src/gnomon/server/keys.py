@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Protocol
 from .._os import write_private_file
 from ..errors import ConfigError, GnomonError
 from ..proto.nts.cookie import MASTER_KEY_LEN, CookieCodec, CookieKey
+from .secretfiles import check_private_file, check_private_folder
 
 log = logging.getLogger("gnomon.keys")
 
@@ -53,41 +55,74 @@ class MemoryKeyStore:
         self.keys = {i: k for i, k in self.keys.items() if i >= oldest_kept}
 
 
+class KeyStoreError(GnomonError):
+    """The key store could not answer (file or network trouble); the caller keeps the keys
+    it holds."""
+
+
 class FileKeyStore:
     """Keys in a JSON file (mode 0600, replaced atomically) for one machine.
 
     Several processes may share the file: creation happens under an
     exclusive ``flock`` after re-reading it, so no two processes ever mint
-    different keys under one id.
+    different keys under one id. The file (and its lock) must belong to
+    ``user`` (default: this process's user), be closed to everyone else and
+    sit in a folder not every user can write; a root process writing them for
+    ``user`` gives them to that user, so workers that drop root can rotate.
     """
 
     VERSION = 1
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, user: str | None = None) -> None:
         self.path = Path(path)
+        self._owner: tuple[int, int] | None = None
+        if user is not None:
+            try:
+                entry = pwd.getpwnam(user)
+            except KeyError:
+                raise ConfigError(f"no user {user!r} to own the key file {self.path}") from None
+            self._owner = (entry.pw_uid, entry.pw_gid)
         self._lock = threading.Lock()
+        check_private_folder(self.path.parent, "key file", self.path)
         self.keys = self._read()
+
+    @property
+    def _owner_uid(self) -> int:
+        return os.geteuid() if self._owner is None else self._owner[0]
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             fd = os.open(
-                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+                self.path.with_name(self.path.name + ".lock"),
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
             )
             try:
+                if self._owner is not None and os.fstat(fd).st_uid != self._owner[0]:
+                    os.fchown(fd, *self._owner)  # root, preparing the file for its workers
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
                 os.close(fd)
 
     def _read(self) -> dict[int, bytes]:
+        """The keys in the file ({} if there is none); ConfigError if it is unusable."""
         try:
-            document = json.loads(self.path.read_text())
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"key file {self.path} is unreadable: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"key file {self.path} is unreadable: {exc.strerror}") from None
+        with open(fd, "rb") as handle:
+            check_private_file(self.path, "key file", {self._owner_uid}, os.fstat(fd))
+            try:
+                document = json.loads(handle.read())
+            except OSError as exc:
+                raise ConfigError(f"key file {self.path} is unreadable: {exc.strerror}") from None
+            except ValueError as exc:
+                raise ConfigError(f"key file {self.path} is corrupt: {exc}") from None
         try:
             if document["version"] != self.VERSION:
                 raise ValueError(f"version {document['version']}")
@@ -103,12 +138,23 @@ class FileKeyStore:
             "version": self.VERSION,
             "keys": {str(i): k.hex() for i, k in self.keys.items()},
         }
-        write_private_file(self.path, json.dumps(document))
+        write_private_file(self.path, json.dumps(document), self._owner)
+
+    @contextlib.contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """File trouble at run time is the store's trouble: the ring keeps its keys."""
+        try:
+            yield
+        except ConfigError as exc:
+            raise KeyStoreError(str(exc)) from None
+        except OSError as exc:
+            where = exc.filename or self.path
+            raise KeyStoreError(f"key file {where}: {exc.strerror or exc}") from None
 
     def get_or_create(self, ids: list[int]) -> dict[int, bytes]:
         if all(i in self.keys for i in ids):
             return {i: self.keys[i] for i in ids}
-        with self._locked():
+        with self._store_errors(), self._locked():
             self.keys = self._read()
             missing = [i for i in ids if i not in self.keys]
             if missing:
@@ -120,7 +166,7 @@ class FileKeyStore:
     def prune(self, oldest_kept: int) -> None:
         if all(i >= oldest_kept for i in self.keys):
             return
-        with self._locked():
+        with self._store_errors(), self._locked():
             self.keys = {i: k for i, k in self._read().items() if i >= oldest_kept}
             self._write()
 

@@ -76,14 +76,12 @@ from redis.retry import Retry
 
 from ..errors import GnomonError
 from ..proto.nts.cookie import MASTER_KEY_LEN
+from .secretfiles import MIN_FLEET_SECRET_LEN
 
 log = logging.getLogger("gnomon.keys.redis")
 
 SEED_LEN = 32
 """Bytes of a seed in Redis."""
-
-MIN_FLEET_SECRET_LEN = 32
-"""Shortest fleet secret accepted, in bytes."""
 
 HKDF_SALT = b"gnomon cookie key"
 _KEY_ID = struct.Struct("!I")
