@@ -4,11 +4,17 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TIME_STATE := $(VENV)/time-service.before
+export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: setup peers run test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
+	@# Debian ships venv's ensurepip in python3-venv: install it first rather than fail.
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+		echo "make: installing python3-venv (python3 -m venv needs it)"; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
@@ -21,8 +27,13 @@ peers:
 run: setup
 	$(PY) -m gnomon.demo
 
-test: setup peers
-	$(PY) -m pytest -q
+# The host's time service (packages, unit enablement) must be the same after the
+# setup and the tests as before: scripts/time-service-state.sh compares.
+test: setup
+	@bash scripts/time-service-state.sh >$(TIME_STATE)
+	bash scripts/install-peers.sh
+	@status=0; $(PY) -m pytest -q || status=$$?; \
+		bash scripts/time-service-state.sh --check $(TIME_STATE) || status=1; exit $$status
 
 lint: setup
 	$(VENV)/bin/ruff check .

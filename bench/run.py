@@ -44,7 +44,7 @@ import servers as srv
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 LOADGEN = BENCH / "loadgen.py"
-CHRONY_43 = "/usr/sbin/chronyd"
+CHRONY_43 = str(srv.CHRONY_43)
 CHRONY_MODERN = REPO / ".peers" / "chrony-modern" / "chronyd"
 OTHER_LOAD_LIMIT = 0.15  # cores used by other processes during a window: flagged, retried
 
@@ -172,7 +172,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="gnomon-bench-"))
-        os.chmod(self.tmp, 0o755)  # chrony, running as _chrony, needs to reach its folder
+        os.chmod(self.tmp, 0o755)  # chrony, running as nobody, needs to reach its folder
         self.servers: list[srv.Server] = []
         self.request_sets: dict[tuple[str, str], srv.RequestSet] = {}
         self.skipped: dict[tuple[str, str], str] = {}
@@ -1149,7 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if any(k.startswith("chrony") for k in wanted) and os.geteuid() != 0:
-        print("chrony drops privileges to _chrony: run the benchmark as root", file=sys.stderr)
+        print("chrony drops privileges (-u nobody): run the benchmark as root", file=sys.stderr)
         return 2
 
     windows = len(scenarios) * len(wanted) * (1 + args.retries) * args.rounds

@@ -4,7 +4,9 @@ Each server runs as ``timeout -k 5 LIFETIME CMD`` (``timeout`` puts itself and
 the server in a new process group; a parent-death signal on it ends the
 server if the benchmark dies), bound to 127.0.0.1 (chrony also to ::1, so its
 NTS-KE never listens on the IPv6 wildcard). chrony always runs as
-``chronyd -x -d -f CONF``: it never touches the clock.
+``chronyd -x -d -u nobody -f CONF``: it never touches the clock, and drops to an
+existing unprivileged user (chrony is unpacked by scripts/install-peers.sh, not
+installed, so there is no ``_chrony`` user).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import procfs
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+CHRONY_43 = REPO / ".peers" / "chrony" / "usr" / "sbin" / "chronyd"  # unpacked, not installed
+CHRONY_USER = "nobody"  # the user chronyd drops to (-u)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
@@ -349,7 +353,7 @@ def start_chrony(
     cpus: Sequence[int] | None,
 ) -> Server:
     version = chrony_version(binary) or "?"
-    user = pwd.getpwnam("_chrony")
+    user = pwd.getpwnam(CHRONY_USER)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "nts").mkdir(exist_ok=True)
     own_cert, own_key = directory / "server.pem", directory / "server.key"
@@ -383,7 +387,9 @@ def start_chrony(
         key=key,
         label=f"chrony {version}",
         version=version,
-        popen=_spawn([binary, "-x", "-d", "-f", str(conf)], log_path, lifetime, cpus),
+        popen=_spawn(
+            [binary, "-x", "-d", "-u", CHRONY_USER, "-f", str(conf)], log_path, lifetime, cpus
+        ),
         log_path=log_path,
         ntp_port=ntp_port,
         ke_port=ke_port,

@@ -7,9 +7,10 @@
 # gnutls >= 3.8.1. So:
 #
 #   - a private apt configuration (.peers/chrony-modern/apt/: a sources file for
-#     trixie main, its own lists and cache; the system's sources, lists and
-#     dpkg status are neither read nor written) downloads chrony and every
-#     shared library it needs, transitively, libc6 included;
+#     trixie main on the mirror this machine's apt sources already use for its
+#     own release (scripts/apt-source.py), its own lists and cache; the system's
+#     lists and dpkg status are neither read nor written) downloads chrony and
+#     every shared library it needs, transitively, libc6 included;
 #   - each .deb is unpacked with `dpkg -x` into .peers/chrony-modern/root/;
 #   - .peers/chrony-modern/chronyd and .../chronyc are wrappers that exec
 #     trixie's own dynamic loader with --library-path on the unpacked libraries
@@ -20,9 +21,9 @@
 # the _apt sandbox). Idempotent; when everything is in place it only checks
 # `chronyd --version` and exits.
 #
-# Running the result: exactly like chrony 4.3 (see /work/shared/PEERS.md),
-# `.peers/chrony-modern/chronyd -x -d -f CONF` as root; it drops to the
-# `_chrony` user, which the system's chrony package created.
+# Running the result: exactly like the unpacked chrony 4.3 (tests/peers/chrony.py),
+# `.peers/chrony-modern/chronyd -x -d -u nobody -f CONF` as root (-x: the system
+# clock is never touched; -u: the user it drops to, its folders owned by it).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -52,12 +53,20 @@ fi
 
 # --- private apt configuration ----------------------------------------------
 mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial" "$DEBS_DIR"
+# The mirror (and key ring) of the machine's own apt sources, with the newer suite.
+source_line=$(python3 "$(dirname "$0")/apt-source.py") || {
+    log "cannot find this machine's Debian mirror in /etc/apt/sources.list*"
+    exit 1
+}
+MIRROR=${source_line%%$'\t'*}
+KEYRING=${source_line#*$'\t'}
+[[ -n $KEYRING ]] || KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 cat >"$APT_DIR/$SUITE.sources" <<EOF
 Types: deb
-URIs: http://deb.debian.org/debian
+URIs: $MIRROR
 Suites: $SUITE
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+Signed-By: $KEYRING
 EOF
 APT_OPTS=(
     -o "Dir::Etc::SourceList=$APT_DIR/$SUITE.sources"
@@ -164,7 +173,6 @@ done
 version=$("$TOP/chronyd" --version | head -n1)
 [[ $version == "chronyd (chrony) version $WANT_VERSION"* ]] || { log "unexpected: $version"; exit 1; }
 "$TOP/chronyc" --version | grep -q "^chronyc (chrony) version $WANT_VERSION" || { log "chronyc does not run"; exit 1; }
-getent passwd _chrony >/dev/null || log "warning: no _chrony user (install Debian's chrony, scripts/install-peers.sh); chronyd -u _chrony will fail"
 
 (cd "$DEBS_DIR" && ls -1 -- *.deb) >"$STAMP"
 log "ready: $version ($TOP/chronyd)"

@@ -1,25 +1,47 @@
 #!/usr/bin/env bash
 # Installs the real peers the interop tests start on loopback.
 #
-#   - chrony (NTS client and server), redis-server, iproute2 (ip), util-linux
-#     (unshare, nsenter, setpriv): installed from Debian's packages when missing;
-#   - NTPsec 1.2.2: downloaded with `apt-get download` and unpacked into
-#     .peers/ntpsec/ (never installed: it conflicts with chrony as a package);
-#     its ntpd is run from there by tests/peers/ntpsec.py.
+#   - redis-server, iproute2 (ip), util-linux (unshare, nsenter, setpriv):
+#     installed from Debian's packages when missing (none is a time service);
+#   - chrony 4.3 and NTPsec 1.2.2: downloaded with `apt-get download` and
+#     unpacked into .peers/chrony/ and .peers/ntpsec/, never installed, never
+#     started as a service. Installing Debian's chrony package would remove
+#     systemd-timesyncd (the packages conflict) and leave the host without time
+#     synchronisation. tests/peers/chrony.py runs .peers/chrony/usr/sbin/chronyd
+#     (as `chronyd -x -u nobody`), tests/peers/ntpsec.py .peers/ntpsec/usr/sbin/ntpd.
+#     Shared libraries they need and the host lacks are installed from Debian
+#     (library packages only);
+#   - chrony 4.6 from Debian 13, unpacked: scripts/install-chrony-modern.sh.
 #
+# The host's time service is left exactly as found: its packages and unit
+# enablement are recorded first and compared at the end
+# (scripts/time-service-state.sh); any difference fails this script loudly.
 # Idempotent and fast when everything is already there (no apt-get update then).
-# No daemon of a package installed here is left running or enabled: a system
-# chronyd would discipline the clock of a shared machine.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PEERS_DIR="$PWD/.peers"
 DEBS_DIR="$PEERS_DIR/debs"
 NTPSEC_DIR="$PEERS_DIR/ntpsec"
+CHRONY_DIR="$PEERS_DIR/chrony"
 NTPSEC_PKGS=(ntpsec python3-ntp)
-SYSTEM_PKGS=(chrony redis-server iproute2 util-linux)
+CHRONY_PKGS=(chrony)
+SYSTEM_PKGS=(redis-server iproute2 util-linux)
 
 log() { printf 'install-peers: %s\n' "$*" >&2; }
+
+TIME_STATE=$(mktemp)
+bash scripts/time-service-state.sh >"$TIME_STATE"
+check_time_service() {
+    local status=$?
+    if ! bash scripts/time-service-state.sh --check "$TIME_STATE"; then
+        log "FAILED: the host's time service was changed during the setup"
+        status=1
+    fi
+    rm -f "$TIME_STATE"
+    exit "$status"
+}
+trap check_time_service EXIT
 
 SUDO=()
 if [[ $EUID -ne 0 ]]; then
@@ -38,6 +60,13 @@ apt_update_once() {
         "${SUDO[@]}" apt-get update -qq
         APT_UPDATED=1
     fi
+}
+
+# apt-get install, quiet: debconf's "delaying package configuration, since apt-utils
+# is not installed" is not news on a minimal system.
+apt_install() {
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+        2> >(grep -v 'apt-utils is not installed' >&2)
 }
 
 is_installed() {
@@ -77,7 +106,7 @@ quiesce_service() {
     fi
 }
 
-# --- system packages --------------------------------------------------------
+# --- system packages (no time service among them) ---------------------------
 missing=()
 for pkg in "${SYSTEM_PKGS[@]}"; do
     is_installed "$pkg" || missing+=("$pkg")
@@ -94,31 +123,36 @@ if ((${#missing[@]})); then
     fi
     status=0
     apt_update_once
-    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    apt_install "${missing[@]}" || status=$?
     if [[ $own_policy -eq 1 ]]; then
         "${SUDO[@]}" rm -f "$policy"
     fi
     [[ $status -eq 0 ]] || { log "apt-get install failed ($status)"; exit "$status"; }
     for pkg in "${missing[@]}"; do
         case $pkg in
-            chrony) quiesce_service chrony /run/chrony/chronyd.pid ;;
             redis-server) quiesce_service redis-server /run/redis/redis-server.pid ;;
         esac
     done
 fi
-for cmd in chronyd chronyc redis-server ip unshare nsenter setpriv; do
+for cmd in redis-server ip unshare nsenter setpriv; do
     command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || {
         log "$cmd still missing after installation"
         exit 1
     }
 done
 
-# --- NTPsec, unpacked, not installed ---------------------------------------
-stamp="$NTPSEC_DIR/.unpacked"
-if [[ ! -f $stamp || ! -x $NTPSEC_DIR/usr/sbin/ntpd ]]; then
+# --- chrony and NTPsec, unpacked, not installed -----------------------------
+# unpack DIR BINARY PKG...: downloads each PKG's .deb into $DEBS_DIR (once) and
+# unpacks them all into DIR, unless DIR/BINARY is already there from the same debs.
+unpack() {
+    local dir=$1 binary=$2 pkg found deb
+    shift 2
+    local stamp="$dir/.unpacked" debs=()
+    if [[ -f $stamp && -x $dir/$binary ]]; then
+        return 0
+    fi
     mkdir -p "$DEBS_DIR"
-    debs=()
-    for pkg in "${NTPSEC_PKGS[@]}"; do
+    for pkg in "$@"; do
         found=$(compgen -G "$DEBS_DIR/${pkg}_*.deb" | head -n1 || true)
         if [[ -z $found ]]; then
             log "downloading $pkg"
@@ -127,22 +161,27 @@ if [[ ! -f $stamp || ! -x $NTPSEC_DIR/usr/sbin/ntpd ]]; then
         fi
         debs+=("$found")
     done
-    rm -rf "$NTPSEC_DIR"
-    mkdir -p "$NTPSEC_DIR"
+    rm -rf "$dir"
+    mkdir -p "$dir"
     for deb in "${debs[@]}"; do
-        dpkg -x "$deb" "$NTPSEC_DIR"
+        dpkg -x "$deb" "$dir"
     done
-    # ntp/ntpc.py looks for libntpc.so next to itself first.
-    ln -sf ../../../../lib/x86_64-linux-gnu/ntp/libntpc.so \
-        "$NTPSEC_DIR/usr/lib/python3/dist-packages/ntp/libntpc.so"
     printf '%s\n' "${debs[@]##*/}" >"$stamp"
-    log "NTPsec unpacked into $NTPSEC_DIR"
-fi
+    log "${*} unpacked into $dir"
+}
 
-# Shared libraries ntpd and libntpc need: install the Debian packages that provide
-# the missing ones (they are among ntpsec's and python3-ntp's library dependencies).
+unpack "$CHRONY_DIR" usr/sbin/chronyd "${CHRONY_PKGS[@]}"
+unpack "$NTPSEC_DIR" usr/sbin/ntpd "${NTPSEC_PKGS[@]}"
+# ntp/ntpc.py looks for libntpc.so next to itself first.
+ln -sf ../../../../lib/x86_64-linux-gnu/ntp/libntpc.so \
+    "$NTPSEC_DIR/usr/lib/python3/dist-packages/ntp/libntpc.so"
+
+# Shared libraries chronyd, chronyc, ntpd and libntpc need: install the Debian
+# packages that provide the missing ones (they are among the unpacked packages'
+# library dependencies; libraries only, never a daemon).
 missing_libs() {
-    { ldd "$NTPSEC_DIR/usr/sbin/ntpd"; ldd "$NTPSEC_DIR"/usr/lib/*/ntp/libntpc.so; } 2>/dev/null \
+    { ldd "$CHRONY_DIR/usr/sbin/chronyd"; ldd "$CHRONY_DIR/usr/bin/chronyc"
+      ldd "$NTPSEC_DIR/usr/sbin/ntpd"; ldd "$NTPSEC_DIR"/usr/lib/*/ntp/libntpc.so; } 2>/dev/null \
         | awk '/not found/ {print $1}' | sort -u
 }
 if [[ -n "$(missing_libs)" ]]; then
@@ -156,13 +195,13 @@ if [[ -n "$(missing_libs)" ]]; then
         done < <(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -E 's/\|.*//; s/\(.*\)//; s/:any//; s/^ +//; s/ +$//')
     done
     if ((${#lib_pkgs[@]})); then
-        log "installing libraries for ntpd: ${lib_pkgs[*]}"
+        log "installing libraries for chronyd and ntpd: ${lib_pkgs[*]}"
         apt_update_once
-        "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${lib_pkgs[@]}" >/dev/null
+        apt_install "${lib_pkgs[@]}"
     fi
     still=$(missing_libs)
     if [[ -n $still ]]; then
-        log "ntpd still misses shared libraries: $still"
+        log "chronyd or ntpd still misses shared libraries: $still"
         exit 1
     fi
 fi
@@ -171,7 +210,11 @@ fi
     log "unpacked ntpd does not run: $NTPSEC_DIR/usr/sbin/ntpd --version"
     exit 1
 }
-log "peers ready: $(chronyd --version | head -n1); $("$NTPSEC_DIR/usr/sbin/ntpd" --version 2>&1 | head -n1)"
+"$CHRONY_DIR/usr/sbin/chronyd" --version >/dev/null 2>&1 || {
+    log "unpacked chronyd does not run: $CHRONY_DIR/usr/sbin/chronyd --version"
+    exit 1
+}
+log "peers ready: $("$CHRONY_DIR/usr/sbin/chronyd" --version | head -n1); $("$NTPSEC_DIR/usr/sbin/ntpd" --version 2>&1 | head -n1)"
 
 # chrony 4.6 from Debian 13, unpacked beside the project: AEAD 30 and record 1024.
 bash "$(dirname "$0")/install-chrony-modern.sh"

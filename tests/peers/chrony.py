@@ -1,11 +1,15 @@
 """chrony 4.3 (Debian bookworm's ``chrony`` package) as an NTS server and as an NTS client.
 
-Always ``chronyd -x -d -f CONF``: ``-x`` never touches the system clock, ``-d`` stays in
-the foreground.  chronyd drops to the ``_chrony`` user, so everything it opens after
-that (certificate, key, NTS dump folder, command socket folder) lives in a private
-runtime folder under /tmp owned by ``_chrony`` with mode 0750 (chronyd refuses a
+The package is never installed (that would remove systemd-timesyncd): scripts/install-peers.sh
+unpacks it into .peers/chrony/, and `CHRONYD`/`CHRONYC` are its binaries there.
+
+Always ``chronyd -x -d -u USER -f CONF``: ``-x`` never touches the system clock, ``-d``
+stays in the foreground, ``-u`` names the user chronyd drops to (`CHRONY_USER`, an
+existing unprivileged account: no ``_chrony`` user is created).  Everything it opens
+after that (certificate, key, NTS dump folder, command socket folder) lives in a private
+runtime folder under /tmp owned by that user with mode 0750 (chronyd refuses a
 command-socket folder others can enter; pytest's ``tmp_path`` is not reachable by
-``_chrony`` at all).  The configuration and the log stay in the caller's workdir.
+that user at all).  The configuration and the log stay in the caller's workdir.
 
 What Debian's chrony 4.3 speaks (built with nettle 3.8.1 and GnuTLS 3.7.9; measured
 with `tests.peers.ke_probe` and a recording NTS-KE server, asserted in
@@ -44,6 +48,7 @@ from gnomon.certs import DemoPki
 from .netns import NetNs
 from .proc import (
     DEFAULT_LIFETIME,
+    PEERS_DIR,
     PeerNotInstalled,
     PeerProcess,
     free_port,
@@ -54,7 +59,10 @@ from .proc import (
     wait_until,
 )
 
-CHRONY_USER = "_chrony"
+CHRONYD = PEERS_DIR / "chrony" / "usr" / "sbin" / "chronyd"
+CHRONYC = PEERS_DIR / "chrony" / "usr" / "bin" / "chronyc"
+CHRONY_USER = "nobody"
+"""The user chronyd drops to: present on every Debian system (base-passwd)."""
 _AUTHDATA_COLUMNS = (
     "Name/IP address",
     "Mode",
@@ -71,28 +79,32 @@ START_TIMEOUT = 10.0
 
 
 def _binaries(chronyd_bin: str | None, chronyc_bin: str | None) -> tuple[str, str]:
-    chronyd = require_executable(chronyd_bin or "chronyd")
-    chronyc = require_executable(chronyc_bin or "chronyc")
+    chronyd = require_executable(chronyd_bin or str(CHRONYD))
+    chronyc = require_executable(chronyc_bin or str(CHRONYC))
     require_root("chronyd")
-    try:
-        pwd.getpwnam(CHRONY_USER)
-    except KeyError:
-        raise PeerNotInstalled(
-            f"user {CHRONY_USER} missing (chrony package not installed?): run `make peers`"
-        ) from None
+    _user()
     return chronyd, chronyc
+
+
+def _user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(CHRONY_USER)
+    except KeyError:
+        raise PeerNotInstalled(f"user {CHRONY_USER} missing: chronyd drops to it") from None
 
 
 def _runtime_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    shutil.chown(path, CHRONY_USER, CHRONY_USER)
+    user = _user()
+    os.chown(path, user.pw_uid, user.pw_gid)
     os.chmod(path, 0o750)
     return path
 
 
 def _install(src: Path, dst: Path, mode: int) -> None:
     shutil.copyfile(src, dst)
-    shutil.chown(dst, CHRONY_USER, CHRONY_USER)
+    user = _user()
+    os.chown(dst, user.pw_uid, user.pw_gid)
     os.chmod(dst, mode)
 
 
@@ -191,7 +203,7 @@ def _start(
 ) -> PeerProcess:
     conf = workdir / "chrony.conf"
     conf.write_text("\n".join(config_lines) + "\n")
-    cmd = [chronyd, "-x", "-d", "-f", str(conf)]
+    cmd = [chronyd, "-x", "-d", "-u", CHRONY_USER, "-f", str(conf)]
     log = workdir / "chronyd.log"
     if netns is not None:
         return netns.spawn(what, cmd, log, lifetime=lifetime)
@@ -226,7 +238,7 @@ def chrony_nts_server(
     Free ports are picked when `ntp_port`/`ke_port` are None.  With `netns`, chronyd
     runs inside that namespace (ports are then picked there).  Yields once the NTS-KE
     port listens; raises `PeerStartError` with the log tail if it does not within 10 s.
-    `chronyd_bin`/`chronyc_bin` select another build (default: Debian's, from PATH).
+    `chronyd_bin`/`chronyc_bin` select another build (default: Debian's, unpacked).
     """
     chronyd, chronyc = _binaries(chronyd_bin, chronyc_bin)
     workdir.mkdir(parents=True, exist_ok=True)
