@@ -72,3 +72,27 @@ class QueryTimeoutError(GnomonError, TimeoutError):
 
 class ConfigError(GnomonError):
     """A configuration file or option is invalid."""
+
+
+class RoughtimeError(GnomonError):
+    """A Roughtime exchange failed (RFC 10049)."""
+
+
+class RoughtimeFormatError(RoughtimeError, ProtocolError):
+    """A Roughtime message or packet is malformed (framing, tags, offsets, sizes)."""
+
+
+class RoughtimeVerificationError(RoughtimeError, ProtocolError):
+    """A well-formed Roughtime response fails a check: signature, nonce, Merkle path, times.
+
+    Servers may send such responses on purpose ("greasing"): a client retries
+    and never reports them as malfeasance.
+    """
+
+
+class RoughtimeVersionError(RoughtimeVerificationError):
+    """The response names a version the request did not offer (or none gnomon speaks)."""
+
+
+class RoughtimeServerListError(RoughtimeError, ConfigError):
+    """A Roughtime server list (application/roughtime-server+json) is invalid."""
