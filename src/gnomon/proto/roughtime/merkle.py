@@ -23,7 +23,9 @@ def digest(data: bytes, size: int = 32) -> bytes:
 
 
 def leaf_hash(data: bytes, size: int = 32) -> bytes:
-    return hashlib.sha512(b"\x00" + data).digest()[:size]
+    hasher = hashlib.sha512(b"\x00")
+    hasher.update(data)
+    return hasher.digest()[:size]
 
 
 def node_hash(left: bytes, right: bytes, size: int = 32) -> bytes:

@@ -16,7 +16,7 @@ slices of the input (never larger than it).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from ...errors import RoughtimeFormatError
 
@@ -110,16 +110,22 @@ class Message(Mapping[int, bytes]):
 
     def u32_list(self, key: int, limit: int) -> tuple[int, ...]:
         """A value that is a list of uint32 (``VER``, ``VERS``), at most ``limit`` entries."""
-        return u32_list(self.require(key), limit, tag_name(key))
+        return u32_list(self.require(key), limit, key)
 
 
-def u32_list(value: bytes, limit: int, what: str) -> tuple[int, ...]:
-    if not value or len(value) % 4:
-        raise RoughtimeFormatError(f"{what} of {len(value)} bytes is not a list of uint32")
-    count = len(value) // 4
+def u32_list(value: bytes, limit: int, key: int) -> tuple[int, ...]:
+    """``value`` read as a list of 1 to ``limit`` uint32 (the value of tag ``key``)."""
+    size = len(value)
+    if not size or size % 4:
+        raise RoughtimeFormatError(f"{tag_name(key)} of {size} bytes is not a list of uint32")
+    count = size // 4
     if count > limit:
-        raise RoughtimeFormatError(f"{what} lists {count} entries (at most {limit})")
+        raise RoughtimeFormatError(f"{tag_name(key)} lists {count} entries (at most {limit})")
     return struct.unpack(f"<{count}I", value)
+
+
+# count, count-1 offsets and count tags: 2 * count uint32 (one Struct per count, built once)
+_HEADERS = [struct.Struct(f"<{max(1, 2 * n)}I") for n in range(MAX_TAGS + 1)]
 
 
 def decode(data: bytes) -> Message:
@@ -136,28 +142,40 @@ def decode(data: bytes) -> Message:
         if size != 4:
             raise RoughtimeFormatError("empty message with trailing bytes")
         return Message({})
-    header = 8 * count  # count, count-1 offsets, count tags
+    header = 8 * count
     if header > size:
         raise RoughtimeFormatError(f"header of {count} tags does not fit in {size} bytes")
-    fields = struct.unpack_from(f"<{2 * count - 1}I", data, 4)
-    offsets = (0, *fields[: count - 1])
-    tags = fields[count - 1 :]
+    fields = _HEADERS[count].unpack_from(data, 0)
     body = size - header
+    ends = (*fields[1:count], body)
     values: dict[int, bytes] = {}
+    start = 0
     previous_tag = -1
-    for i in range(count):
-        start = offsets[i]
-        end = offsets[i + 1] if i + 1 < count else body
-        if start % 4 or start > end or end > body:
-            raise RoughtimeFormatError(f"bad offset {start} for value {i} of {body} bytes")
-        this_tag = tags[i]
+    for this_tag, end in zip(fields[count:], ends, strict=True):
+        if end % 4 or start > end or end > body:
+            raise RoughtimeFormatError(f"bad offset {end} in a message body of {body} bytes")
         if this_tag <= previous_tag:
             raise RoughtimeFormatError(
                 f"tag {tag_name(this_tag)} out of order or repeated (tags sort as uint32 LE)"
             )
         previous_tag = this_tag
-        values[this_tag] = bytes(data[header + start : header + end])
+        values[this_tag] = data[header + start : header + end]
+        start = end
     return Message(values)
+
+
+def header(tags: Sequence[int], sizes: Sequence[int]) -> bytes:
+    """The count, offsets and tags of a message whose values have these sizes (tags sorted).
+
+    Lets a caller that builds many messages of one shape (a server's responses
+    to one batch) build this once and join values after it.
+    """
+    offsets: list[int] = []
+    position = 0
+    for size in sizes[:-1]:
+        position += size
+        offsets.append(position)
+    return _HEADERS[len(tags)].pack(len(tags), *offsets, *tags)
 
 
 def encode(values: Mapping[int, bytes]) -> bytes:
@@ -168,14 +186,10 @@ def encode(values: Mapping[int, bytes]) -> bytes:
     for t, v in items:
         if len(v) % 4:
             raise ValueError(f"value of {tag_name(t)} is {len(v)} bytes, not a multiple of 4")
-    offsets: list[int] = []
-    position = 0
-    for _, v in items[:-1]:
-        position += len(v)
-        offsets.append(position)
-    count = len(items)
-    header = struct.pack(f"<{max(0, 2 * count - 1) + 1}I", count, *offsets, *(t for t, _ in items))
-    return b"".join((header, *(v for _, v in items)))
+    if not items:
+        return _U32.pack(0)
+    head = header([t for t, _ in items], [len(v) for _, v in items])
+    return b"".join((head, *(v for _, v in items)))
 
 
 def frame(message: bytes) -> bytes:

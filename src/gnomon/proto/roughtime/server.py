@@ -54,7 +54,9 @@ class Request:
         return len(self.packet)
 
 
+_TYPE_REQUEST = m.u32(0)
 _TYPE_RESPONSE = m.u32(1)
+_RESPONSE_TAGS = (m.SIG, m.NONC, m.TYPE, m.PATH, m.SREP, m.CERT, m.INDX)  # sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +135,14 @@ class RoughtimeServer:
             return DropReason.too_long
         try:
             request = m.decode(m.unframe(datagram))
-            nonce = request.require(m.NONC, 32)
-            if m.TYPE in request and request.u32(m.TYPE) != 0:
-                return DropReason.malformed
-            offered = request.u32_list(m.VER, MAX_VERSIONS)
-            srv = request.get(m.SRV)
+            nonce = request.get(m.NONC)
+            kind = request.get(m.TYPE)
+            offered = m.u32_list(request.get(m.VER, b""), MAX_VERSIONS, m.VER)
         except (RoughtimeFormatError, struct.error, ValueError):
             return DropReason.malformed
+        if nonce is None or len(nonce) != 32 or (kind is not None and kind != _TYPE_REQUEST):
+            return DropReason.malformed
+        srv = request.get(m.SRV)
         if srv is not None and srv != self.srv:
             return DropReason.unknown_server
         for version in self.versions:
@@ -178,21 +181,26 @@ class RoughtimeServer:
                 {m.VER: family.ver, m.RADI: radi, m.MIDP: midp, m.VERS: family.vers, m.ROOT: root}
             )
             signature = self.online_key.sign(family.rules_context + srep)
+            # Every response of the group has the same value sizes: one header for all.
+            path_size = 32 * len(paths[0])
+            head = m.header(_RESPONSE_TAGS, (64, 32, 4, path_size, len(srep), len(family.cert), 4))
+            shared_tail = srep + family.cert
+            length = len(head) + 64 + 32 + 4 + path_size + len(shared_tail) + 4
+            frame_head = m.MAGIC + m.u32(length)
             for leaf_index, (position, path_hashes) in enumerate(
                 zip(positions, paths, strict=True)
             ):
                 request = requests[position]
-                response = m.frame(
-                    m.encode(
-                        {
-                            m.SIG: signature,
-                            m.NONC: request.nonce,
-                            m.TYPE: _TYPE_RESPONSE,
-                            m.PATH: b"".join(path_hashes),
-                            m.SREP: srep,
-                            m.CERT: family.cert,
-                            m.INDX: m.u32(leaf_index),
-                        }
+                response = b"".join(
+                    (
+                        frame_head,
+                        head,
+                        signature,
+                        request.nonce,
+                        _TYPE_RESPONSE,
+                        *path_hashes,
+                        shared_tail,
+                        m.u32(leaf_index),
                     )
                 )
                 if len(response) <= request.size:
