@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gnomon.server import ntp
+from gnomon.server import ntp, udp
 from gnomon.server.ntp import NtpService, open_ntp_socket
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux loop")
@@ -103,7 +103,7 @@ def make_service(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Either loop: the fallback is what runs where libc has no recvmmsg/sendmmsg."""
     if request.param == "batched":
         return service
-    monkeypatch.setattr(ntp, "_libc_mmsg", lambda: None)
+    monkeypatch.setattr(udp, "libc_mmsg", lambda: None)
 
     def fallback(responder: Echo, server: socket.socket) -> NtpService:
         svc = NtpService(responder, server)  # type: ignore[arg-type]
