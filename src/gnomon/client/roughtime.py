@@ -1,0 +1,575 @@
+"""Roughtime over the network, blocking and asyncio: one server, or a chain of several.
+
+>>> from gnomon.client.roughtime import query_roughtime
+>>> result = query_roughtime("roughtime.example.net", public_key="AW5uAoTSTDfG...=")
+>>> result.midpoint, result.radius
+
+A response that fails verification is retried with a fresh request a bounded
+number of times (servers "grease": they send invalid responses on purpose);
+when UDP gets no answer at all the query moves to TCP on the same port. A
+chain (:meth:`RoughtimeClient.query_chain`) asks every server of a list in
+order, twice, each nonce chained to the previous response, and returns the
+interval they all agree on or the servers that disagree with a report ready
+to send. All checks live in :mod:`gnomon.proto.roughtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import (
+    GnomonError,
+    QueryTimeoutError,
+    RoughtimeError,
+    RoughtimeFormatError,
+    RoughtimeVerificationError,
+)
+from ..proto.roughtime import message as m
+from ..proto.roughtime.chain import RAND_SIZE, Link, Verdict, judge, next_nonce
+from ..proto.roughtime.client import (
+    MAX_RESPONSE,
+    ClientRequest,
+    Reply,
+    build_request,
+    verify_response,
+)
+from ..proto.roughtime.serverlist import ServerAddress, ServerEntry, decode_public_key
+from ..proto.roughtime.versions import CLIENT_VERSIONS, GOOGLE, RULES, version_name
+
+DEFAULT_PORT = 2002  # what most public servers use (RFC 10049's assignment not confirmed here)
+MAX_DATAGRAM = 4096
+
+Random = Callable[[int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class RoughtimeResult:
+    """A verified answer of one server."""
+
+    server: str  # the name asked for ("host:port" or the server list's name)
+    address: str  # the IP address that answered
+    port: int
+    protocol: str  # "udp" or "tcp"
+    public_key: bytes
+    reply: Reply
+    delay: float  # round-trip delay of the answered request, seconds
+    attempts: int  # requests sent (more than 1 after grease or loss)
+    rand: bytes | None = field(default=None, repr=False)  # chain input of this request
+
+    @property
+    def midpoint(self) -> int:
+        return self.reply.midpoint
+
+    @property
+    def radius(self) -> int:
+        return self.reply.radius
+
+    @property
+    def version(self) -> int:
+        return self.reply.version
+
+    @property
+    def version_name(self) -> str:
+        return version_name(self.reply.version)
+
+    @property
+    def request(self) -> bytes:
+        return self.reply.request
+
+    @property
+    def response(self) -> bytes:
+        return self.reply.response
+
+    @property
+    def earliest(self) -> int:
+        return self.reply.earliest
+
+    @property
+    def latest(self) -> int:
+        return self.reply.latest
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "server": self.server,
+            "address": self.address,
+            "port": self.port,
+            "protocol": self.protocol,
+            "public_key": base64.b64encode(self.public_key).decode(),
+            "version": f"0x{self.version:08x}",
+            "version_name": self.version_name,
+            "midpoint": self.midpoint,
+            "radius": self.radius,
+            "earliest": self.earliest,
+            "latest": self.latest,
+            "delay": self.delay,
+            "attempts": self.attempts,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFailure:
+    """A server of a chain that gave no verified answer (left out of the chain)."""
+
+    server: str
+    error: GnomonError
+
+
+@dataclass(frozen=True, slots=True)
+class ChainResult:
+    """A chain over a server list: the agreed interval, or who disagrees and the report."""
+
+    results: tuple[RoughtimeResult, ...]  # in chain order (every server, twice)
+    verdict: Verdict
+    failures: tuple[ChainFailure, ...] = ()
+
+    @property
+    def consistent(self) -> bool:
+        return self.verdict.consistent
+
+    @property
+    def interval(self) -> tuple[int, int] | None:
+        """(earliest, latest) Unix seconds that every answer allows, when consistent."""
+        return self.verdict.interval
+
+    @property
+    def disagreeing(self) -> tuple[str, ...]:
+        """Names of the servers in some violated pair."""
+        return tuple(dict.fromkeys(self.results[i].server for i in self.verdict.involved))
+
+    @property
+    def suspects(self) -> tuple[str, ...]:
+        """Names of the servers whose removal alone makes the chain consistent."""
+        return tuple(dict.fromkeys(self.results[i].server for i in self.verdict.suspects))
+
+    @property
+    def report(self) -> str | None:
+        """The malfeasance report (JSON) when the servers disagree, else None."""
+        return None if self.consistent else self.verdict.report()
+
+
+# --- transports --------------------------------------------------------------------
+
+
+def _resolve(host: str, port: int, kind: int) -> tuple[int, tuple[str, int]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=kind)
+    except OSError as exc:
+        raise GnomonError(f"cannot resolve {host}: {exc}") from None
+    family, _, _, _, address = infos[0]
+    return family, (str(address[0]), int(address[1]))
+
+
+async def _aresolve(host: str, port: int, kind: int) -> tuple[int, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=kind)
+    except OSError as exc:
+        raise GnomonError(f"cannot resolve {host}: {exc}") from None
+    family, _, _, _, address = infos[0]
+    return family, (str(address[0]), int(address[1]))
+
+
+def _read_framed(read: Callable[[int], bytes]) -> bytes:
+    head = read(m.FRAME_HEADER)
+    length = m.frame_length(head)
+    if length + m.FRAME_HEADER > MAX_RESPONSE:
+        raise RoughtimeFormatError(f"TCP response of {length} bytes")
+    return head + read(length)
+
+
+def _udp(family: int, address: tuple[str, int], packet: bytes, timeout: float) -> bytes | None:
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+            sock.send(packet)
+            return sock.recv(MAX_DATAGRAM)
+        except (TimeoutError, ConnectionRefusedError):
+            return None  # lost, or ICMP port unreachable: the caller retries or moves on
+        except OSError as exc:
+            raise GnomonError(f"UDP to {address[0]}:{address[1]}: {exc}") from None
+
+
+def _tcp(family: int, address: tuple[str, int], packet: bytes, timeout: float) -> bytes | None:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.sendall(packet)
+
+            def read(n: int) -> bytes:
+                chunks = bytearray()
+                while len(chunks) < n:
+                    chunk = sock.recv(n - len(chunks))
+                    if not chunk:
+                        raise RoughtimeFormatError("TCP connection closed mid-response")
+                    chunks += chunk
+                return bytes(chunks)
+
+            return _read_framed(read)
+    except (TimeoutError, ConnectionError):
+        return None
+    except OSError as exc:
+        raise GnomonError(f"TCP to {address[0]}:{address[1]}: {exc}") from None
+
+
+class _DatagramWaiter(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.answer.done():
+            self.answer.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP unreachable: wait for the deadline like the blocking form
+
+
+async def _audp(
+    family: int, address: tuple[str, int], packet: bytes, timeout: float
+) -> bytes | None:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        _DatagramWaiter, remote_addr=address, family=family
+    )
+    try:
+        transport.sendto(packet)
+        try:
+            return await asyncio.wait_for(asyncio.shield(protocol.answer), timeout)
+        except TimeoutError:
+            return None
+    finally:
+        transport.close()
+
+
+async def _atcp(
+    family: int, address: tuple[str, int], packet: bytes, timeout: float
+) -> bytes | None:
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(address[0], address[1], family=family)
+            try:
+                writer.write(packet)
+                await writer.drain()
+                head = await reader.readexactly(m.FRAME_HEADER)
+                length = m.frame_length(head)
+                if length + m.FRAME_HEADER > MAX_RESPONSE:
+                    raise RoughtimeFormatError(f"TCP response of {length} bytes")
+                return head + await reader.readexactly(length)
+            finally:
+                writer.close()
+    except asyncio.IncompleteReadError:
+        raise RoughtimeFormatError("TCP connection closed mid-response") from None
+    except (TimeoutError, ConnectionError):
+        return None
+    except OSError as exc:
+        raise GnomonError(f"TCP to {address[0]}:{address[1]}: {exc}") from None
+
+
+# --- the query logic, shared by both forms -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A server to ask: its name, key, addresses (UDP first) and the versions to offer."""
+
+    name: str
+    public_key: bytes
+    addresses: tuple[ServerAddress, ...]
+    versions: tuple[int, ...] = CLIENT_VERSIONS
+
+    @classmethod
+    def from_entry(cls, entry: ServerEntry) -> Target:
+        # A list naming a version gnomon speaks but does not offer by default (Google)
+        # gets exactly that; otherwise the server picks from gnomon's usual offer.
+        versions: tuple[int, ...] = CLIENT_VERSIONS
+        if entry.version in RULES and entry.version not in CLIENT_VERSIONS:
+            versions = (entry.version,)
+        return cls(entry.name, entry.public_key, entry.addresses, versions)
+
+    @classmethod
+    def from_host(
+        cls,
+        host: str,
+        port: int,
+        public_key: bytes | str,
+        protocol: str = "udp",
+        versions: Sequence[int] = CLIENT_VERSIONS,
+    ) -> Target:
+        key = decode_public_key(public_key) if isinstance(public_key, str) else public_key
+        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return cls(name, key, (ServerAddress(protocol, host, port),), tuple(versions))
+
+    def plan(self) -> list[ServerAddress]:
+        """The addresses to try in order: UDP ones, then TCP ones, then TCP on the UDP ports."""
+        udp = [a for a in self.addresses if a.protocol == "udp"]
+        if self.versions == (GOOGLE,):
+            return udp  # Google-Roughtime has no TCP framing
+        plan = udp + [a for a in self.addresses if a.protocol == "tcp"]
+        for address in udp:
+            fallback = ServerAddress("tcp", address.host, address.port)
+            if fallback not in plan:
+                plan.append(fallback)
+        return plan
+
+
+class _Attempts:
+    """Bounded retries of one server: a fresh request each time, grease tolerated."""
+
+    def __init__(self, client: RoughtimeClient, target: Target, previous: bytes | None) -> None:
+        self.client = client
+        self.target = target
+        self.previous = previous
+        self.sent = 0
+        self.last_error: GnomonError | None = None
+
+    def request(self) -> tuple[ClientRequest, bytes | None]:
+        self.sent += 1
+        rand: bytes | None = None
+        google = self.target.versions == (GOOGLE,)
+        size = 64 if google else 32
+        if self.previous is None:
+            nonce = self.client.random(size)
+        else:
+            rand = self.client.random(RAND_SIZE)
+            nonce = next_nonce(self.previous, rand, size)
+        versions = self.target.versions
+        return build_request(nonce, versions, None if google else self.target.public_key), rand
+
+    def check(self, request: ClientRequest, response: bytes) -> Reply | None:
+        try:
+            return verify_response(request, response, self.target.public_key)
+        except (RoughtimeFormatError, RoughtimeVerificationError) as exc:
+            self.last_error = exc
+            return None
+
+    def failure(self) -> GnomonError:
+        if self.last_error is not None:
+            return RoughtimeVerificationError(
+                f"{self.target.name}: no valid response in {self.sent} attempts "
+                f"(last: {self.last_error})"
+            )
+        return QueryTimeoutError(
+            f"{self.target.name}: no answer within {self.client.timeout:g} s "
+            f"({self.sent} requests over UDP and TCP)"
+        )
+
+
+Exchange = Callable[[int, tuple[str, int], bytes, float], bytes | None]
+AsyncExchange = Callable[[int, tuple[str, int], bytes, float], Awaitable[bytes | None]]
+
+
+class RoughtimeClient:
+    """Queries Roughtime servers; options shared by every query.
+
+    ``timeout`` bounds each request's wait; ``attempts`` the requests per
+    address (answers that fail verification and lost datagrams both count).
+    ``random`` gives nonces and chain rands (``os.urandom`` unless a test
+    passes its own).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 2.0,
+        attempts: int = 3,
+        random: Random = os.urandom,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        self.timeout = timeout
+        self.attempts = attempts
+        self.random = random
+
+    # --- one server ----------------------------------------------------------------
+
+    def query(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        public_key: bytes | str,
+        protocol: str = "udp",
+        versions: Sequence[int] = CLIENT_VERSIONS,
+    ) -> RoughtimeResult:
+        """Verified time from one server known by its long-term ``public_key``."""
+        return self.query_target(Target.from_host(host, port, public_key, protocol, versions))
+
+    async def aquery(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        public_key: bytes | str,
+        protocol: str = "udp",
+        versions: Sequence[int] = CLIENT_VERSIONS,
+    ) -> RoughtimeResult:
+        """The asyncio form of :meth:`query`."""
+        target = Target.from_host(host, port, public_key, protocol, versions)
+        return await self.aquery_target(target)
+
+    def query_target(self, target: Target, previous: bytes | None = None) -> RoughtimeResult:
+        attempts = _Attempts(self, target, previous)
+        for address in target.plan():
+            exchange: Exchange = _udp if address.protocol == "udp" else _tcp
+            kind = socket.SOCK_DGRAM if address.protocol == "udp" else socket.SOCK_STREAM
+            family, resolved = _resolve(address.host, address.port, kind)
+            answered = False
+            for _ in range(self.attempts):
+                request, rand = attempts.request()
+                started = time.monotonic()
+                response = exchange(family, resolved, request.packet, self.timeout)
+                delay = time.monotonic() - started
+                if response is None:
+                    continue
+                answered = True
+                reply = attempts.check(request, response)
+                if reply is not None:
+                    return self._result(target, address, resolved, reply, delay, attempts, rand)
+            if answered:
+                break  # the server answers: another transport would not help
+        raise attempts.failure()
+
+    async def aquery_target(self, target: Target, previous: bytes | None = None) -> RoughtimeResult:
+        attempts = _Attempts(self, target, previous)
+        loop = asyncio.get_running_loop()
+        for address in target.plan():
+            exchange: AsyncExchange = _audp if address.protocol == "udp" else _atcp
+            kind = socket.SOCK_DGRAM if address.protocol == "udp" else socket.SOCK_STREAM
+            family, resolved = await _aresolve(address.host, address.port, kind)
+            answered = False
+            for _ in range(self.attempts):
+                request, rand = attempts.request()
+                started = loop.time()
+                response = await exchange(family, resolved, request.packet, self.timeout)
+                delay = loop.time() - started
+                if response is None:
+                    continue
+                answered = True
+                reply = attempts.check(request, response)
+                if reply is not None:
+                    return self._result(target, address, resolved, reply, delay, attempts, rand)
+            if answered:
+                break
+        raise attempts.failure()
+
+    @staticmethod
+    def _result(
+        target: Target,
+        address: ServerAddress,
+        resolved: tuple[str, int],
+        reply: Reply,
+        delay: float,
+        attempts: _Attempts,
+        rand: bytes | None,
+    ) -> RoughtimeResult:
+        return RoughtimeResult(
+            server=target.name,
+            address=resolved[0],
+            port=resolved[1],
+            protocol=address.protocol,
+            public_key=target.public_key,
+            reply=reply,
+            delay=delay,
+            attempts=attempts.sent,
+            rand=rand,
+        )
+
+    # --- chains --------------------------------------------------------------------
+
+    def query_chain(self, servers: Sequence[ServerEntry | Target], passes: int = 2) -> ChainResult:
+        """Ask every server in order ``passes`` times, each nonce chained to the last answer."""
+        targets = _targets(servers)
+        chain = _Chain()
+        for _ in range(passes):
+            for target in targets:
+                try:
+                    chain.add(self.query_target(target, chain.previous))
+                except GnomonError as exc:
+                    chain.fail(target, exc)
+        return chain.result()
+
+    async def aquery_chain(
+        self, servers: Sequence[ServerEntry | Target], passes: int = 2
+    ) -> ChainResult:
+        """The asyncio form of :meth:`query_chain` (sequential: each nonce needs the last)."""
+        targets = _targets(servers)
+        chain = _Chain()
+        for _ in range(passes):
+            for target in targets:
+                try:
+                    chain.add(await self.aquery_target(target, chain.previous))
+                except GnomonError as exc:
+                    chain.fail(target, exc)
+        return chain.result()
+
+
+def _targets(servers: Sequence[ServerEntry | Target]) -> list[Target]:
+    targets = [s if isinstance(s, Target) else Target.from_entry(s) for s in servers]
+    if not targets:
+        raise RoughtimeError("a chain needs at least one server")
+    return targets
+
+
+class _Chain:
+    def __init__(self) -> None:
+        self.results: list[RoughtimeResult] = []
+        self.failures: list[ChainFailure] = []
+
+    @property
+    def previous(self) -> bytes | None:
+        return self.results[-1].response if self.results else None
+
+    def add(self, result: RoughtimeResult) -> None:
+        self.results.append(result)
+
+    def fail(self, target: Target, error: GnomonError) -> None:
+        self.failures.append(ChainFailure(target.name, error))
+
+    def result(self) -> ChainResult:
+        if not self.results:
+            detail = "; ".join(str(f.error) for f in self.failures)
+            raise RoughtimeError(f"no server of the chain answered ({detail})")
+        links = [
+            Link(r.public_key, r.reply, r.rand if i else None, r.server)
+            for i, r in enumerate(self.results)
+        ]
+        return ChainResult(tuple(self.results), judge(links), tuple(self.failures))
+
+
+# --- module-level shortcuts ---------------------------------------------------------
+
+
+def query_roughtime(
+    host: str,
+    port: int = DEFAULT_PORT,
+    *,
+    public_key: bytes | str,
+    timeout: float = 2.0,
+    attempts: int = 3,
+    protocol: str = "udp",
+) -> RoughtimeResult:
+    """Verified rough time from one server, in one call."""
+    client = RoughtimeClient(timeout=timeout, attempts=attempts)
+    return client.query(host, port, public_key=public_key, protocol=protocol)
+
+
+async def aquery_roughtime(
+    host: str,
+    port: int = DEFAULT_PORT,
+    *,
+    public_key: bytes | str,
+    timeout: float = 2.0,
+    attempts: int = 3,
+    protocol: str = "udp",
+) -> RoughtimeResult:
+    """The asyncio form of :func:`query_roughtime`."""
+    client = RoughtimeClient(timeout=timeout, attempts=attempts)
+    return await client.aquery(host, port, public_key=public_key, protocol=protocol)
