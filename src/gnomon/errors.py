@@ -96,3 +96,12 @@ class RoughtimeVersionError(RoughtimeVerificationError):
 
 class RoughtimeServerListError(RoughtimeError, ConfigError):
     """A Roughtime server list (application/roughtime-server+json) is invalid."""
+
+
+class NoMajorityError(GnomonError):
+    """Too few sources agree for a time to be trusted: no time rather than a guess."""
+
+    def __init__(self, message: str, *, sources: tuple[str, ...] = (), needed: int = 0) -> None:
+        super().__init__(message)
+        self.sources = sources  # the sources that answered
+        self.needed = needed  # how many had to agree

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from OpenSSL import SSL
 
@@ -60,9 +61,11 @@ class KeConnection:
         aeads: Sequence[int] = DEFAULT_AEADS,
         ntp_server: str | None = None,
         ntp_port: int | None = None,
+        verify_time: datetime | None = None,
     ) -> None:
         self.host = host
         self._trust = trust
+        self._verify_time = verify_time  # check the certificate at this time, not the system's
         self._tls = TlsEngine(_client_context(), server_side=False, server_name=host)
         self._exchange = KeExchange(aeads, server=ntp_server, port=ntp_port)
         self._handshake_done = False
@@ -109,7 +112,7 @@ class KeConnection:
             raise TlsError(f"{self.host} negotiated {self._tls.version}, NTS-KE needs TLS 1.3")
         if self._tls.alpn != ALPN_NTSKE:
             raise TlsError(f"{self.host} did not agree to ALPN ntske/1")
-        self._trust.verify(self._tls.peer_chain(), self.host)
+        self._trust.verify(self._tls.peer_chain(), self.host, self._verify_time)
         # RFC 8915 section 4: the whole request in one write (one TLS record).
         self._tls.write(self._exchange.request())
 
@@ -127,8 +130,13 @@ def ke_exchange(
     aeads: Sequence[int] = DEFAULT_AEADS,
     ntp_server: str | None = None,
     ntp_port: int | None = None,
+    verify_time: datetime | None = None,
 ) -> KeResult:
-    """Run NTS-KE with ``host`` over a blocking socket, all within ``timeout``."""
+    """Run NTS-KE with ``host`` over a blocking socket, all within ``timeout``.
+
+    ``verify_time``: check the server's certificate at that time instead of the
+    system clock's (a time obtained elsewhere, when the local clock is wrong).
+    """
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -138,7 +146,12 @@ def ke_exchange(
         raise GnomonError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     with sock:
         connection = KeConnection(
-            host, trust, aeads=aeads, ntp_server=ntp_server, ntp_port=ntp_port
+            host,
+            trust,
+            aeads=aeads,
+            ntp_server=ntp_server,
+            ntp_port=ntp_port,
+            verify_time=verify_time,
         )
         try:
             sock.sendall(connection.data_to_send())
@@ -171,6 +184,7 @@ async def ake_exchange(
     aeads: Sequence[int] = DEFAULT_AEADS,
     ntp_server: str | None = None,
     ntp_port: int | None = None,
+    verify_time: datetime | None = None,
 ) -> KeResult:
     """The asyncio twin of :func:`ke_exchange`."""
     writer: asyncio.StreamWriter | None = None
@@ -183,7 +197,12 @@ async def ake_exchange(
                     f"cannot connect to {host}:{port}: {exc.strerror or exc}"
                 ) from None
             connection = KeConnection(
-                host, trust, aeads=aeads, ntp_server=ntp_server, ntp_port=ntp_port
+                host,
+                trust,
+                aeads=aeads,
+                ntp_server=ntp_server,
+                ntp_port=ntp_port,
+                verify_time=verify_time,
             )
             writer.write(connection.data_to_send())
             while True:

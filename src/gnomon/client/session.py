@@ -14,6 +14,7 @@ import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +185,13 @@ class Session:
         *,
         ntp_server: str | None = None,
         ntp_port: int | None = None,
+        verify_time: datetime | None = None,
     ) -> Result:
-        """Authenticated time from one NTS server (NTS-KE only when needed)."""
+        """Authenticated time from one NTS server (NTS-KE only when needed).
+
+        ``verify_time``: check the NTS-KE certificate at that time rather than
+        the system clock's (see :class:`gnomon.Clock`'s bootstrap).
+        """
         key = f"{host}:{port}"
         state = self._usable(key)
         if state is not None:
@@ -195,7 +201,7 @@ class Session:
                 pass  # RFC 8915 5.7: run NTS-KE again; the old cookies go once it succeeds
             finally:
                 self._save()
-        ke = ke_exchange(host, port, **self._ke_options(ntp_server, ntp_port))
+        ke = ke_exchange(host, port, **self._ke_options(ntp_server, ntp_port, verify_time))
         state = self._store(key, ke)
         try:
             return self._result(key, True, state, ntp_exchange(*state.target(self.timing)))
@@ -211,6 +217,7 @@ class Session:
         *,
         ntp_server: str | None = None,
         ntp_port: int | None = None,
+        verify_time: datetime | None = None,
     ) -> Result:
         """The asyncio twin of :meth:`query`."""
         key = f"{host}:{port}"
@@ -223,15 +230,18 @@ class Session:
                 pass
             finally:
                 self._save()
-        ke = await ake_exchange(host, port, **self._ke_options(ntp_server, ntp_port))
+        ke = await ake_exchange(host, port, **self._ke_options(ntp_server, ntp_port, verify_time))
         state = self._store(key, ke)
         try:
             return self._result(key, True, state, await antp_exchange(*state.target(self.timing)))
         finally:
             self._save()
 
-    def _ke_options(self, ntp_server: str | None, ntp_port: int | None) -> dict[str, Any]:
+    def _ke_options(
+        self, ntp_server: str | None, ntp_port: int | None, verify_time: datetime | None
+    ) -> dict[str, Any]:
         return {
+            "verify_time": verify_time,
             "trust": self.trust,
             "timeout": self.timeout,
             "aeads": self.aeads,
