@@ -5,6 +5,7 @@
 >>> print(result.offset, result.authenticated)
 """
 
+from .client.clock import Clock, ClockStatus, TrustedTime
 from .client.session import Result, Session, aquery, query
 from .errors import (
     AuthenticationError,
@@ -16,6 +17,7 @@ from .errors import (
     KissOfDeathError,
     NegotiationError,
     NoCookiesError,
+    NoMajorityError,
     NtpFormatError,
     NtsNakError,
     ProtocolError,
@@ -29,6 +31,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AuthenticationError",
     "CertificateError",
+    "Clock",
+    "ClockStatus",
     "ConfigError",
     "GnomonError",
     "KeProtocolError",
@@ -36,6 +40,7 @@ __all__ = [
     "KissOfDeathError",
     "NegotiationError",
     "NoCookiesError",
+    "NoMajorityError",
     "NtpFormatError",
     "NtsNakError",
     "ProtocolError",
@@ -44,6 +49,7 @@ __all__ = [
     "Result",
     "Session",
     "TlsError",
+    "TrustedTime",
     "aquery",
     "query",
 ]

@@ -1,0 +1,83 @@
+"""gnomon NTS servers on loopback for the Clock and sync tests, one of them possibly lying.
+
+``NtsServers`` runs in-process servers on an event loop in a thread of its own,
+so blocking clients (``Clock.now()``, ``gnomon sync``) and asyncio clients can
+both use them. A server told to lie shifts both timestamps of its replies
+(receive and transmit) by a fixed offset: its clock reads that far off, as a
+misconfigured or malicious server's would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gnomon.certs import DemoPki
+from gnomon.server.app import Server
+from tests.server.helpers import WAIT, base_config, running_server
+
+
+class OffsetResponder:
+    """An NtpResponder whose clock reads ``offset_ns`` off."""
+
+    def __init__(self, inner: Any, offset_ns: int) -> None:
+        self._inner = inner
+        self.offset_ns = offset_ns
+
+    def respond(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes | None:
+        offset = self.offset_ns
+        return self._inner.respond(data, receive_ns + offset, lambda: clock() + offset)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def make_liar(server: Server, offset_s: float) -> None:
+    for service in server.ntp_services:
+        service.responder = OffsetResponder(service.responder, int(offset_s * 1e9))  # type: ignore[assignment]
+
+
+class NtsServers:
+    """``with NtsServers(pki, lies=[0, 0, 3600]) as servers: servers.urls``"""
+
+    def __init__(self, pki: DemoPki, lies: Sequence[float]) -> None:
+        self.pki = pki
+        self.lies = list(lies)
+        self.ke_ports: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"nts://127.0.0.1:{port}?ca={self.pki.ca_cert}" for port in self.ke_ports]
+
+    async def _start(self) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        for lie in self.lies:
+            server = await self._stack.enter_async_context(
+                running_server(base_config(self.pki, local_stratum=10))
+            )
+            if lie:
+                make_liar(server, lie)
+            self.ke_ports.append(server.bound_ke_port)
+
+    async def _stop(self) -> None:
+        assert self._stack is not None
+        await self._stack.aclose()
+
+    def __enter__(self) -> NtsServers:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(WAIT * 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(WAIT * 2)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(WAIT)
+            self._loop.close()
