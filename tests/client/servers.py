@@ -10,14 +10,20 @@ misconfigured or malicious server's would.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gnomon.certs import DemoPki
+from gnomon.proto.roughtime import RoughtimeServer, delegate
 from gnomon.server.app import Server
 from tests.server.helpers import WAIT, base_config, running_server
+from tests.unit.roughtime_loopback import LoopbackServer
 
 
 class OffsetResponder:
@@ -81,3 +87,41 @@ class NtsServers:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(WAIT)
             self._loop.close()
+
+
+# --- Roughtime -------------------------------------------------------------------------
+
+DAY = 86400
+
+
+class LiveRoughtime(LoopbackServer):
+    """gnomon's sans-I/O RoughtimeServer on loopback, signing this machine's time + ``lie``.
+
+    Its delegation covers yesterday to tomorrow of the time it signs.
+    """
+
+    def __init__(self, seed: int, lie: float = 0.0, radius: int = 3) -> None:
+        private = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+        online = Ed25519PrivateKey.from_private_bytes(bytes([seed + 100]) * 32)
+        now = int(time.time() + lie)
+        versions = (1, 0x8000000C)
+        delegation = delegate(
+            private, online.public_key().public_bytes_raw(), now - DAY, now + DAY, versions
+        )
+        self.public_key = private.public_key().public_bytes_raw()
+        self.lie = lie
+        server = RoughtimeServer(self.public_key, online, delegation, versions)
+        super().__init__(server, 0, radius)
+
+    @property  # type: ignore[override]
+    def midpoint(self) -> int:
+        return int(time.time() + self.lie)
+
+    @midpoint.setter
+    def midpoint(self, value: int) -> None:
+        pass
+
+    @property
+    def url(self) -> str:
+        key = base64.b64encode(self.public_key).decode()
+        return f"roughtime://127.0.0.1:{self.port}?key={key}"

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, GnomonError
+from ..proto.roughtime.versions import GOOGLE
 from ..proto.select import Interval, nts_interval, roughtime_interval
 from .ke import NTS_KE_PORT
 from .session import Session
@@ -181,11 +182,14 @@ class RoughtimeSource:
 async def _gnomon_roughtime_query(
     host: str, port: int, public_key: bytes, timeout: float
 ) -> RoughtimeAnswer:
-    try:
-        from . import roughtime  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        raise GnomonError("this gnomon has no Roughtime client yet") from None
-    return await roughtime.clock_answer(host, port, public_key, timeout)  # type: ignore[no-any-return,unused-ignore]
+    from .roughtime import RoughtimeClient
+
+    result = await RoughtimeClient(timeout=timeout).aquery(host, port, public_key=public_key)
+    reply = result.reply
+    radius_us = reply.radius_us
+    if reply.version != GOOGLE:
+        radius_us += 1_000_000  # MIDP in whole seconds: up to one more second of truncation
+    return RoughtimeAnswer(reply.midpoint_us * 1000, radius_us * 1000, round(result.delay * 1e9))
 
 
 def _netloc(host: str, port: int, default: int) -> str:
