@@ -49,6 +49,19 @@ LOOPBACK = "127.0.0.1"
 WAIT = 5.0  # the longest any single step may take
 
 
+class ManualClock:
+    """Monotonic seconds that move only when a test says so (``clock=`` of server parts)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 # --- NTS-KE messages ----------------------------------------------------------
 
 

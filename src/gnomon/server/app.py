@@ -103,6 +103,7 @@ class Server:
     ntp_services: list[NtpService] = field(default_factory=list)
     bound_ntp_port: int = 0
     bound_ke_port: int = 0
+    clock: Callable[[], float] = time.monotonic  # certificate checks and upstream hold
 
     def __post_init__(self) -> None:
         config = self.config
@@ -137,7 +138,7 @@ class Server:
         self.ke_service: KeService | None = None
         if "ke" in self.roles:
             assert config.certificate is not None and config.key is not None
-            self.certificates = CertificateSource(config.certificate, config.key)
+            self.certificates = CertificateSource(config.certificate, config.key, clock=self.clock)
             limits = KeLimits(config.ke_timeout, config.ke_max_connections)
             self.ke_service = KeService(
                 self.ke,
@@ -215,6 +216,7 @@ class Server:
                     self.publish_time_source,
                     hold=config.hold,
                     fallback=initial_time_source(config),
+                    clock=self.clock,
                 )
                 tasks.append(asyncio.create_task(self.poller.run()))
             if config.metrics_listen is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,16 +91,29 @@ def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, d
 
 
 class CertificateSource:
-    """The current server context; files are checked at most once per ``interval``."""
+    """The current server context; files are checked at most once per ``interval``.
 
-    def __init__(self, cert_path: str | Path, key_path: str | Path, interval: float = 1.0):
+    ``clock`` gives monotonic seconds (tests pass a fake one to trigger the next check
+    without waiting). ``checks``, ``reloads`` and ``reload_failures`` count what happened.
+    """
+
+    def __init__(
+        self,
+        cert_path: str | Path,
+        key_path: str | Path,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
         self.interval = interval
+        self.clock = clock
         self._context, self.expiry = load_server_context(self.cert_path, self.key_path)
         self._stamp = self._file_stamp()
-        self._checked = time.monotonic()
+        self._checked = clock()
+        self.checks = 0
         self.reloads = 0
+        self.reload_failures = 0
 
     def _file_stamp(self) -> tuple[float, ...]:
         try:
@@ -112,14 +126,16 @@ class CertificateSource:
             return ()
 
     def context(self) -> SSL.Context:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._checked >= self.interval:
             self._checked = now
+            self.checks += 1
             stamp = self._file_stamp()
             if stamp and stamp != self._stamp:
                 try:
                     self._context, self.expiry = load_server_context(self.cert_path, self.key_path)
                 except ConfigError as exc:
+                    self.reload_failures += 1
                     log.error("certificate not reloaded, keeping the previous one: %s", exc)
                 else:
                     self.reloads += 1

@@ -83,7 +83,10 @@ def time_source_from(
 
 @dataclass
 class UpstreamPoller:
-    """Polls ``host:port`` every ``interval`` s and publishes a TimeSource."""
+    """Polls ``host:port`` every ``interval`` s and publishes a TimeSource.
+
+    ``clock`` gives the monotonic seconds ``hold`` is measured in (tests pass a fake one).
+    """
 
     host: str
     port: int
@@ -95,6 +98,7 @@ class UpstreamPoller:
     last_success: float | None = None
     last_offset: float | None = None  # seconds, upstream minus local, at the last good poll
     synchronized: bool = False
+    clock: Callable[[], float] = time.monotonic
 
     async def run(self) -> None:
         while True:
@@ -103,7 +107,7 @@ class UpstreamPoller:
 
     async def poll_once(self) -> None:
         answer = await asyncio.to_thread(self._query)
-        now = time.monotonic()
+        now = self.clock()
         if answer is not None:
             source, self.last_offset = answer
             self.last_success = now
