@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GnomonError
-from .config import EXAMPLE, ServerConfig, load_config
+from .config import EXAMPLE, ServerConfig, check_files, load_config
 from .logs import configure_logging
 from .secretfiles import read_fleet_secret
 
@@ -77,6 +77,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(args.file)
         from .certificates import load_server_context
         from .keys import FileKeyStore
+        from .ports import check_addresses
+
+        check_files(config)
+        check_addresses(config)  # not the ports: a running server may hold them
 
         if config.role != "ntp":
             assert config.certificate is not None and config.key is not None
@@ -157,6 +161,11 @@ def run_server(
     log_format: str = "text",
 ) -> None:
     """One process for everything (workers = 0), else a supervisor and its workers."""
+    from .ports import check_ports
+    from .proctitle import set_process_title
+
+    check_files(config)
+    check_ports(config)  # here, where one line can name the setting at fault
     if config.workers == 0:
         from .app import Server
 
@@ -186,6 +195,7 @@ def run_server(
             raise ConfigError(f"{folder} (keys.path) must belong to server.user {config.user!r}")
     check_key_store(config)
 
+    set_process_title("gnomon: supervisor", "gnomon-super")
     Supervisor(
         config,
         ntp_workers=0 if config.role == "ke" else config.workers,

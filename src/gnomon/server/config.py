@@ -6,7 +6,10 @@ Every problem is reported as one line naming the key or file at fault.
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 import pwd
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,11 +188,18 @@ def parse_config(text: str, source: str = "config") -> ServerConfig:
 
 
 def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
+    for section, keys in _SCHEMA.items():
+        for key, (attribute, kind) in keys.items():
+            value = values.get(attribute)
+            if kind == (int, float) and isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{source}: {section}.{key} must be a finite number")
     if "listen" in values:
         listen = values["listen"]
         if not listen:
             raise ConfigError(f"{source}: server.listen is empty")
         for address in listen:
+            if not isinstance(address, str):
+                raise ConfigError(f"{source}: server.listen: {address!r} is not an IP address")
             try:
                 ipaddress.ip_address(address)
             except (ValueError, TypeError):
@@ -313,8 +323,35 @@ def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
 
 def load_config(path: str | Path) -> ServerConfig:
     path = Path(path)
+    _check_regular(path, "config file")
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start} is not valid)"
+        ) from None
     return parse_config(text, str(path))
+
+
+def _check_regular(path: Path, what: str) -> None:
+    """A path that exists must be a regular file: reading a FIFO would hang."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the reader says so in its own words
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{what} {path} is not a regular file")
+
+
+def check_files(config: ServerConfig) -> None:
+    """Every configured file that exists is a regular file (a FIFO would hang the server)."""
+    for what, path in (
+        ("tls.certificate", config.certificate),
+        ("tls.key", config.key),
+        ("keys.path", config.key_path),
+        ("keys.fleet_secret_file", config.fleet_secret_file),
+    ):
+        if path is not None:
+            _check_regular(path, what)

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,9 +25,12 @@ from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from ..errors import GnomonError
 from .config import ServerConfig
 from .logs import configure_logging
 from .metrics import MULTIPROC_ENV, mark_worker_dead, prepare_multiprocess_dir, serve_metrics
+from .ports import reserve_ports
+from .proctitle import set_process_title
 
 log = logging.getLogger("gnomon.supervisor")
 
@@ -36,6 +40,7 @@ RESTART_DELAY = 0.5
 def _worker_main(
     config: ServerConfig,
     role: str,
+    index: int,
     ready: multiprocessing.connection.Connection,
     log_level: int,
     log_format: str,
@@ -44,6 +49,7 @@ def _worker_main(
 
     from .app import Server
 
+    set_process_title(f"gnomon: {role} worker {index}", f"gnomon-{role}-{index}")
     configure_logging(log_level, log_format, role)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
 
@@ -51,26 +57,13 @@ def _worker_main(
         ready.send((role, os.getpid(), server.bound_ke_port, server.bound_ntp_port))
         ready.close()
 
-    asyncio.run(Server(config, ready=on_ready, roles=frozenset({role}), reuse_port=True).run())
-
-
-def reserve_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.socket]]:
-    """Resolve port 0 to real ports every worker can share (SO_REUSEPORT)."""
-    held: list[socket.socket] = []
-    ports = {"ntp_port": config.ntp_port, "ke_port": config.ke_port}
-    for name, kind in (("ntp_port", socket.SOCK_DGRAM), ("ke_port", socket.SOCK_STREAM)):
-        if ports[name] != 0:
-            continue
-        for host in config.listen:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, kind)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, ports[name]))
-            ports[name] = sock.getsockname()[1]
-            held.append(sock)
-    return replace(config, ntp_port=ports["ntp_port"], ke_port=ports["ke_port"]), held
+    try:
+        asyncio.run(Server(config, ready=on_ready, roles=frozenset({role}), reuse_port=True).run())
+    except (GnomonError, OSError) as exc:
+        if ready.closed:
+            raise
+        ready.send(("error", str(exc)))  # the supervisor says it in one line
+        sys.exit(2)
 
 
 @dataclass
@@ -109,7 +102,7 @@ class Supervisor:
         receiver, sender = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.config, worker.role, sender, self.log_level, self.log_format),
+            args=(self.config, worker.role, worker.index, sender, self.log_level, self.log_format),
             name=f"gnomon-{worker.role}-{worker.index}",
             daemon=False,
         )
@@ -120,11 +113,14 @@ class Supervisor:
         if not receiver.poll(timeout):
             raise RuntimeError(f"{worker.role} worker {worker.index} did not start")
         try:
-            _, _, ke_port, ntp_port = receiver.recv()
+            message = receiver.recv()
         except EOFError:
             raise RuntimeError(f"{worker.role} worker {worker.index} died at start") from None
         finally:
             receiver.close()
+        if message[0] == "error":
+            raise RuntimeError(f"{worker.role} worker {worker.index}: {message[1]}")
+        _, _, ke_port, ntp_port = message
         return ke_port, ntp_port
 
     def run(self) -> None:
