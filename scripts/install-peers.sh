@@ -218,3 +218,6 @@ log "peers ready: $("$CHRONY_DIR/usr/sbin/chronyd" --version | head -n1); $("$NT
 
 # chrony 4.6 from Debian 13, unpacked beside the project: AEAD 30 and record 1024.
 bash "$(dirname "$0")/install-chrony-modern.sh"
+
+# roughly 0.3.0 (Roughtime client and server) in a venv of its own: .peers/roughly.
+bash "$(dirname "$0")/install-roughly.sh"

@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .server.cli import add_server_commands
 
     add_server_commands(commands)
+
+    from .roughtime_cli import add_roughtime_command
+
+    add_roughtime_command(commands)
     return parser
 
 
