@@ -9,6 +9,9 @@ test ends.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +62,7 @@ class RedisServer:
         self.port = free_port("127.0.0.1", udp=False)
         self.proc: PeerProcess | None = None
         self.starts = 0
+        self.frozen = False
 
     @property
     def url(self) -> str:
@@ -102,9 +106,23 @@ class RedisServer:
         finally:
             client.close()
 
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections are accepted by the kernel, never answered."""
+        assert self.proc is not None, "redis-server not running"
+        os.killpg(self.proc.pgid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server (harmless on one that runs)."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pgid, signal.SIGCONT)
+        self.frozen = False
+
     def stop(self) -> None:
         """Stop the server (SIGTERM to its PID, then its process group; bounded waits)."""
         if self.proc is not None:
+            self.thaw()  # a stopped process would not see SIGTERM
             self.proc.stop(grace=5.0)
             self.proc = None
 

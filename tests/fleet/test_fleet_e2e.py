@@ -7,11 +7,7 @@ NTP hosts, across a key rotation, through a Redis outage, and after Redis return
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,36 +23,10 @@ from gnomon.tls import TrustStore
 from tests.peers.proc import free_port
 
 from .conftest import RedisServer
+from .hosts import FleetHost
 
 PERIOD = 10  # seconds per cookie key: short, so the test sees rotations
 TIMING = Timing(timeout=3.0, retransmit=0.5, nak_grace=0.3)
-
-
-class FleetHost:
-    def __init__(self, name: str, config: Path, workdir: Path) -> None:
-        ready = workdir / f"{name}.ready"
-        self.log = workdir / f"{name}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gnomon", "serve", "--config", str(config),
-             "--ready-file", str(ready), "--log-level", "INFO"],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"{name} did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        self.info = json.loads(ready.read_text())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def _config(

@@ -13,7 +13,7 @@ import redis
 
 from gnomon.errors import GnomonError
 from gnomon.proto.nts.aead import AES_128_GCM_SIV
-from gnomon.server.keys import KeyRing, RotationPolicy
+from gnomon.server.keys import KeyRing, KeyStoreError, RotationPolicy
 from gnomon.server.redisstore import (
     MIN_FLEET_SECRET_LEN,
     SEED_LEN,
@@ -27,6 +27,7 @@ from .conftest import RedisServer
 
 PERIOD = 60
 KEEP_OLD = 2
+POLICY = RotationPolicy(period=PERIOD, keep_old=KEEP_OLD)
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(100, 132))
 FLEET = "test"
@@ -35,12 +36,16 @@ MakeStore = Callable[..., RedisKeyStore]
 
 
 def period_now() -> int:
-    return int(time.time() // PERIOD)
+    return POLICY.period_of(time.time())
 
 
 def window(current: int) -> list[int]:
     """The ids KeyRing asks for in period `current`: old ones, current, next."""
-    return list(range(current - KEEP_OLD, current + 2))
+    return POLICY.window(current)
+
+
+def fetch(store: RedisKeyStore, current: int) -> dict[int, bytes]:
+    return store.fetch(current, window(current))
 
 
 @pytest.fixture
@@ -48,7 +53,7 @@ def make_store(redis_server: RedisServer) -> Iterator[MakeStore]:
     stores: list[RedisKeyStore] = []
 
     def make(secret: bytes = SECRET, *, url: str | None = None, **kwargs: object) -> RedisKeyStore:
-        options: dict[str, object] = {"period": PERIOD, "keep_old": KEEP_OLD, "fleet": FLEET}
+        options: dict[str, object] = {"seed_lifetime": POLICY.lifetime, "fleet": FLEET}
         options.update(kwargs)
         store = RedisKeyStore.connect(url or redis_server.url, secret, **options)  # type: ignore[arg-type]
         stores.append(store)
@@ -80,7 +85,8 @@ def test_many_servers_racing_get_identical_keys(
     redis_server: RedisServer, make_store: MakeStore
 ) -> None:
     stores = [make_store() for _ in range(16)]
-    ids = window(period_now())
+    current = period_now()
+    ids = window(current)
     barrier = threading.Barrier(len(stores) + 8, timeout=10)
     results: list[dict[int, bytes]] = []
     errors: list[BaseException] = []
@@ -90,7 +96,7 @@ def test_many_servers_racing_get_identical_keys(
     def run(store: RedisKeyStore) -> None:
         try:
             barrier.wait()
-            keys = store.get_or_create(ids)
+            keys = fetch(store, current)
             with lock:
                 results.append(keys)
         except BaseException as exc:
@@ -117,18 +123,17 @@ def test_many_servers_racing_get_identical_keys(
         assert len(seed) == SEED_LEN
         assert first[key_id] == derive_key(SECRET, key_id, seed)
     for store in [*stores, shared]:
-        assert store.reachable
-        assert store.last_error is None
-        assert store.last_success is not None
         assert store.key_ids == frozenset(ids)
+        assert store.conflicts == 0
 
 
 def test_other_fleet_secret_gives_other_keys(
     redis_server: RedisServer, make_store: MakeStore
 ) -> None:
-    ids = window(period_now())
-    ours = make_store().get_or_create(ids)
-    theirs = make_store(OTHER_SECRET).get_or_create(ids)
+    current = period_now()
+    ids = window(current)
+    ours = fetch(make_store(), current)
+    theirs = fetch(make_store(OTHER_SECRET), current)
     assert sorted(theirs) == ids
     assert all(ours[i] != theirs[i] for i in ids)
     # Redis's content alone (the seeds) does not give the keys
@@ -138,22 +143,24 @@ def test_other_fleet_secret_gives_other_keys(
 
 
 def test_fleets_are_separate(redis_server: RedisServer, make_store: MakeStore) -> None:
-    ids = window(period_now())
-    a = make_store(fleet="alpha").get_or_create(ids)
-    b = make_store(fleet="beta").get_or_create(ids)
+    current = period_now()
+    ids = window(current)
+    a = fetch(make_store(fleet="alpha"), current)
+    b = fetch(make_store(fleet="beta"), current)
     assert all(a[i] != b[i] for i in ids)
     assert sorted(seeds_in_redis(redis_server, "alpha")) == ids
     assert sorted(seeds_in_redis(redis_server, "beta")) == ids
 
 
 def test_seeds_expire(redis_server: RedisServer, make_store: MakeStore) -> None:
-    ids = window(period_now())
-    make_store().get_or_create(ids)
+    current = period_now()
+    fetch(make_store(), current)
     client = redis_server.client()
     try:
-        for key_id in ids:
+        for key_id in window(current):
             ttl = client.ttl(f"gnomon:{FLEET}:seed:{key_id}")
-            assert (KEEP_OLD + 2) * PERIOD - 5 <= ttl <= (KEEP_OLD + 2) * PERIOD
+            assert POLICY.lifetime == (KEEP_OLD + 2) * PERIOD
+            assert POLICY.lifetime - 5 <= ttl <= POLICY.lifetime
     finally:
         client.close()
 
@@ -164,65 +171,58 @@ def test_seeds_expire(redis_server: RedisServer, make_store: MakeStore) -> None:
 def test_redis_stopped_then_restarted(
     redis_server: RedisServer, make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gnomon.keys.redis")
-    a, b = make_store(retry_interval=0.2), make_store(retry_interval=0.2)
+    caplog.set_level(logging.INFO, logger="gnomon.keys")
+    a, b = make_store(), make_store()
+    ring_a, ring_b = KeyRing(a, POLICY), KeyRing(b, POLICY)
     current = period_now()
     ids = window(current)
-    keys = a.get_or_create(ids)
-    assert b.get_or_create(ids) == keys
-    generation = a.generation
+    t = current * PERIOD  # times inside the test's periods, whatever the clock says
+    codec = ring_a.start(t)
+    assert ring_b.start(t).key_ids == codec.key_ids
+    keys = a.fetch(current, ids)
+    assert b.fetch(current, ids) == keys
 
     redis_server.stop()
 
-    # everything cached: served without Redis
-    assert a.get_or_create(ids) == keys
-    # the next period: its key was cached as "next", the one after never seen
-    started = time.monotonic()
-    later = a.get_or_create(window(current + 1))
-    assert time.monotonic() - started < 2
-    assert later == {i: keys[i] for i in window(current + 1) if i in keys}
-    assert current + 2 not in later  # absent, not minted
-    assert not a.reachable
-    assert a.last_error
-    assert a.key_ids == frozenset(ids)
-    # a current id never seen: unavailable
-    with pytest.raises(KeyStoreUnavailable, match=str(current + 2)):
-        a.get_or_create(window(current + 2))
-    with pytest.raises(KeyStoreUnavailable):
-        a.keys_for(current + 2, [current + 2])
+    # the store says it cannot answer; the ring keeps serving the keys it holds
+    with pytest.raises(KeyStoreUnavailable, match="unreachable"):
+        a.fetch(current, ids)
     assert isinstance(KeyStoreUnavailable("x"), GnomonError)
-    assert not a.refresh()
-    assert a.generation == generation
+    failures = ring_a.failures
+    for n in range(20):
+        assert not ring_a.refresh(t + n)
+    assert ring_a.failures == failures + 20 and ring_a.store_ok is False
+    assert ring_a.codec(t) is codec
+    # the next period: its key was fetched ahead, so the ring rotates without Redis
+    later = ring_a.codec(t + PERIOD)
+    assert later.current_id == current + 1
+    assert later.key_ids == frozenset(ids[1:])  # the oldest left the window
+    # the one after was never seen: not minted, the held key goes on sealing
+    assert ring_a.codec(t + 2 * PERIOD).current_id == current + 1
+    assert a.key_ids == frozenset(ids)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1, warnings  # once per outage
-    assert "unreachable" in warnings[0].getMessage()
+    assert [r.getMessage().split(":")[0] for r in warnings] == [
+        "key store failing",  # once per outage, not once per refresh
+        f"cookie key {current + 2} not held (key store failing); still sealing with key "
+        f"{current + 1}",
+    ], warnings
 
     redis_server.start()  # same port, empty (no persistence)
 
-    # (refresh at a fixed time: the test must not depend on crossing a period boundary)
-    assert wait_until(lambda: a.refresh(current * PERIOD), 5, interval=0.1)
-    assert a.reachable
-    assert a.last_error is None
-    assert a.generation > generation
-    infos = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert wait_until(lambda: ring_a.refresh(t), 5, interval=0.1)
+    assert ring_a.store_ok
+    infos = [r for r in caplog.records if "answers again" in r.getMessage()]
     assert len(infos) == 1
     # a healed Redis: a's seeds were put back, so a fresh server gets the old keys
-    fresh = make_store()
-    assert fresh.get_or_create(ids) == keys
+    assert fetch(make_store(), current) == keys
     # new ids appear on both servers, the same ones
     new_ids = window(current + 2)
-
-    def b_keys() -> dict[int, bytes] | None:
-        try:
-            return b.get_or_create(new_ids)
-        except KeyStoreUnavailable:
-            return None
-
-    got_b = wait_until(b_keys, 5, interval=0.1)
-    assert got_b is not None
+    assert ring_b.refresh(t + 2 * PERIOD) and ring_a.refresh(t + 2 * PERIOD)
+    got_b = b.fetch(current + 2, new_ids)
     assert sorted(got_b) == new_ids
-    assert a.get_or_create(new_ids) == got_b
+    assert a.fetch(current + 2, new_ids) == got_b
     assert all(got_b[i] == keys[i] for i in set(ids) & set(new_ids))
+    assert ring_a.codec(t + 2 * PERIOD).current_id == current + 2
 
 
 def test_unreachable_at_start(make_store: MakeStore) -> None:
@@ -232,12 +232,14 @@ def test_unreachable_at_start(make_store: MakeStore) -> None:
         port = sock.getsockname()[1]
     store = make_store(url=f"redis://127.0.0.1:{port}/0")
     with pytest.raises(KeyStoreUnavailable, match="unreachable"):
-        store.get_or_create(window(period_now()))
-    assert not store.reachable
-    assert store.last_success is None
-    assert store.last_error
+        fetch(store, period_now())
     assert store.key_ids == frozenset()
-    assert not store.refresh()
+    ring = KeyRing(store, POLICY)
+    with pytest.raises(KeyStoreUnavailable, match="unreachable"):
+        ring.start(time.time())
+    assert not ring.refresh(time.time())
+    with pytest.raises(KeyStoreError, match="no cookie key held yet"):
+        ring.codec(time.time())
 
 
 def test_unanswering_redis_times_out(make_store: MakeStore) -> None:
@@ -248,16 +250,9 @@ def test_unanswering_redis_times_out(make_store: MakeStore) -> None:
         port = silent.getsockname()[1]
         store = make_store(url=f"redis://127.0.0.1:{port}/0", timeout=0.3)
         started = time.monotonic()
-        with pytest.raises(KeyStoreUnavailable):
-            store.get_or_create(window(period_now()))
+        with pytest.raises(KeyStoreUnavailable, match="Timeout"):
+            fetch(store, period_now())
         assert time.monotonic() - started < 2.5
-        assert not store.reachable
-        assert "Timeout" in (store.last_error or "")
-        # the pause after a failure: the next call does not wait for Redis again
-        started = time.monotonic()
-        with pytest.raises(KeyStoreUnavailable):
-            store.get_or_create(window(period_now()))
-        assert time.monotonic() - started < 0.2
 
 
 # --- garbage in Redis ---
@@ -270,98 +265,92 @@ def test_garbage_seed_is_not_used(redis_server: RedisServer, make_store: MakeSto
         client.set(f"gnomon:{FLEET}:seed:{current - 1}", b"too short")
         client.rpush(f"gnomon:{FLEET}:seed:{current - 2}", b"x" * SEED_LEN)  # wrong type
         store = make_store()
-        keys = store.get_or_create(window(current))
+        keys = fetch(store, current)
         assert sorted(keys) == [current, current + 1]  # the bad ones are absent
-        assert store.reachable
-        assert store.last_error and "seed" in store.last_error
         # never overwritten: the bad values are left for an operator to see
         assert client.get(f"gnomon:{FLEET}:seed:{current - 1}") == b"too short"
         # the bad id as the current one: unavailable
         client.set(f"gnomon:{FLEET}:seed:{current + 5}", b"y" * (SEED_LEN + 1))
-        with pytest.raises(KeyStoreUnavailable, match=str(current + 5)):
-            make_store().get_or_create(window(current + 5))
+        with pytest.raises(KeyStoreUnavailable, match=rf"{current + 5}.*{SEED_LEN + 1} bytes"):
+            fetch(make_store(), current + 5)
         # another store that saw good seeds keeps serving its own keys
-        assert store.get_or_create(window(current)) == keys
+        assert fetch(store, current) == keys
     finally:
         client.close()
 
 
 def test_changed_seed_keeps_keys_in_use_and_adopts_the_future_one(
-    redis_server: RedisServer, make_store: MakeStore
+    redis_server: RedisServer, make_store: MakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ids = window(period_now())
+    current = period_now()
+    ids = window(current)
     a = make_store()
-    keys = a.get_or_create(ids)
+    keys = fetch(a, current)
     client = redis_server.client()
     try:
         client.flushall()  # Redis lost its seeds...
-        other = make_store().get_or_create(ids)  # ...and a server without a cache made new ones
+        other = fetch(make_store(), current)  # ...and a server without a cache made new ones
     finally:
         client.close()
     assert all(other[i] != keys[i] for i in ids)
-    assert a.refresh(now=ids[-2] * PERIOD)
+    after = fetch(a, current)
     # Keys in force or past keep their cookies valid: one id, one key, for this server's
     # lifetime. The future key seals nothing yet, so the fleet's seed is adopted for it.
     assert a.conflicts == len(ids) - 1
-    after = a.get_or_create(ids)
     assert {i: after[i] for i in ids[:-1]} == {i: keys[i] for i in ids[:-1]}
     assert after[ids[-1]] == other[ids[-1]]
-    assert a.last_error and "differs" in a.last_error
+    assert any("differs" in r.getMessage() for r in caplog.records)
 
 
 def test_decoding_client_rejected() -> None:
     client = redis.Redis(host="127.0.0.1", port=1, decode_responses=True)
     with pytest.raises(ValueError, match="decode"):
-        RedisKeyStore(client, SECRET, period=PERIOD, keep_old=KEEP_OLD)
+        RedisKeyStore(client, SECRET, seed_lifetime=POLICY.lifetime)
 
 
 def test_short_secret_rejected() -> None:
     client = redis.Redis(host="127.0.0.1", port=1)
     with pytest.raises(ValueError, match=f"at least {MIN_FLEET_SECRET_LEN}"):
-        RedisKeyStore(client, b"x" * 31, period=PERIOD, keep_old=KEEP_OLD)
+        RedisKeyStore(client, b"x" * 31, seed_lifetime=POLICY.lifetime)
     with pytest.raises(ValueError):
-        RedisKeyStore(client, SECRET, period=0, keep_old=KEEP_OLD)
+        RedisKeyStore(client, SECRET, seed_lifetime=0)
     with pytest.raises(ValueError):
-        RedisKeyStore(client, SECRET, period=PERIOD, keep_old=KEEP_OLD, fleet="")
+        RedisKeyStore(client, SECRET, seed_lifetime=POLICY.lifetime, fleet="")
 
 
-# --- refresh ---
+# --- the ring's refresh ---
 
 
 def test_refresh_fetches_the_window_and_the_next_key(
     redis_server: RedisServer, make_store: MakeStore
 ) -> None:
     store = make_store()
+    ring = KeyRing(store, POLICY)
     now = time.time()
-    current = int(now // PERIOD)
-    assert store.refresh(now)
+    current = POLICY.period_of(now)
+    assert ring.refresh(now)
     assert store.key_ids == frozenset(window(current))  # the next key included
-    assert store.generation == 1
-    redis_server.stop()
-    # all cached: answered without a round trip (no failure noticed)
-    assert sorted(store.get_or_create(window(current))) == window(current)
-    assert store.keys_for(current + 1, [current + 1])
-    assert store.reachable
-    # prune forgets old keys (Redis keeps them until they expire)
-    store.prune(current)
-    assert store.key_ids == frozenset({current, current + 1})
+    assert ring.codec(now).key_ids == frozenset(window(current))
+    # the ring prunes what left the window
+    assert ring.refresh(now + PERIOD)
+    assert store.key_ids == frozenset(window(current + 1))
+    assert min(store.key_ids) == current + 1 - KEEP_OLD
 
 
 # --- with KeyRing and CookieCodec ---
 
 
 def test_cookie_sealed_by_one_server_opens_on_another(make_store: MakeStore) -> None:
-    policy = RotationPolicy(period=PERIOD, keep_old=KEEP_OLD)
-    ring_a = KeyRing(make_store(), policy)
-    ring_b = KeyRing(make_store(), policy)
+    ring_a = KeyRing(make_store(), POLICY)
+    ring_b = KeyRing(make_store(), POLICY)
     now = time.time()
     c2s, s2c = b"c" * 16, b"s" * 16
-    cookie = ring_a.codec(now).seal(AES_128_GCM_SIV, c2s, s2c)
-    assert ring_b.codec(now).open(cookie) == (AES_128_GCM_SIV, c2s, s2c)
+    cookie = ring_a.start(now).seal(AES_128_GCM_SIV, c2s, s2c)
+    assert ring_b.start(now).open(cookie) == (AES_128_GCM_SIV, c2s, s2c)
     # still opens next period (old key), and a server a period ahead is understood
-    later = ring_a.codec(now + PERIOD).seal(AES_128_GCM_SIV, c2s, s2c)
+    later = ring_a.start(now + PERIOD).seal(AES_128_GCM_SIV, c2s, s2c)
     assert ring_b.codec(now).open(later) == (AES_128_GCM_SIV, c2s, s2c)
-    assert ring_b.codec(now + PERIOD).open(cookie) == (AES_128_GCM_SIV, c2s, s2c)
+    assert ring_b.start(now + PERIOD).open(cookie) == (AES_128_GCM_SIV, c2s, s2c)
     # a server of another fleet secret cannot open it
-    ring_c = KeyRing(make_store(OTHER_SECRET), policy)
-    assert ring_c.codec(now).open(cookie) is None
+    ring_c = KeyRing(make_store(OTHER_SECRET), POLICY)
+    assert ring_c.start(now).open(cookie) is None

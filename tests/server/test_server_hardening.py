@@ -87,7 +87,7 @@ def test_key_folder_not_owned_by_the_user_is_refused(tmp_path: Path, pki: DemoPk
 def _key_file(folder: Path) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     path = folder / "keys.json"
-    FileKeyStore(path).get_or_create([1, 2])  # a valid file, mode 0600
+    FileKeyStore(path).fetch(1, [1, 2])  # a valid file, mode 0600
     return path
 
 

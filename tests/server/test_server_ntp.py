@@ -437,8 +437,8 @@ def test_cookie_accepted_while_its_key_is_kept(
     if periods_later < 0:
         # the lagging ring shares the store but looks at the clock one period earlier
         lagging = KeyRing(store, RotationPolicy(period=60, keep_old=keep_old))
-        now = lagging.codec(T0 + 60 * periods_later)
-        assert _exchange(ring.codec(T0), now) == expected
+        now = lagging.start(T0 + 60 * periods_later)
+        assert _exchange(ring.start(T0), now) == expected
         return
-    at_t0 = ring.codec(T0)
-    assert _exchange(at_t0, ring.codec(T0 + 60 * periods_later)) == expected
+    at_t0 = ring.start(T0)
+    assert _exchange(at_t0, ring.start(T0 + 60 * periods_later)) == expected

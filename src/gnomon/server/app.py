@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ def initial_time_source(config: ServerConfig) -> TimeSource:
     return TimeSource()  # unsynchronised until an upstream says otherwise
 
 
-SHARED_KEY_REFRESH = 5.0  # seconds between reads of a shared key store
+KEY_CHECK_INTERVAL = 1.0  # seconds between looks at the key ring (rotations, new keys)
 METRICS_INTERVAL = 1.0  # seconds between metric updates
 RATE_LIMIT_EXPIRY = 60.0  # seconds between sweeps of the NTP rate limiter's table
 
@@ -52,19 +53,20 @@ def roles_of(config: ServerConfig) -> frozenset[str]:
     return ROLES if config.role == "both" else frozenset({config.role})
 
 
+def key_policy(config: ServerConfig) -> RotationPolicy:
+    return RotationPolicy(config.rotation_period, config.keep_old)
+
+
 def make_key_store(config: ServerConfig) -> KeyStore:
     """The key store the configuration names (Redis for a fleet, a file, or memory)."""
     if config.key_store == "redis":
         assert config.redis_url is not None and config.fleet_secret_file is not None
-        store = RedisKeyStore.connect(
+        return RedisKeyStore.connect(
             config.redis_url,
             read_fleet_secret(config.fleet_secret_file, config.user),
-            period=config.rotation_period,
-            keep_old=config.keep_old,
+            seed_lifetime=key_policy(config).lifetime,
             fleet=config.fleet,
         )
-        store.refresh()  # a store that cannot reach Redis yet holds no key: start fails below
-        return store
     if config.key_path is not None:
         return FileKeyStore(config.key_path, config.user)
     return MemoryKeyStore()
@@ -85,10 +87,9 @@ def check_key_store(config: ServerConfig) -> None:
     """Fail now, in one line, if the configured store cannot give the current key."""
     store = make_key_store(config)
     try:
-        KeyRing(store, RotationPolicy(config.rotation_period, config.keep_old)).codec(time.time())
+        KeyRing(store, key_policy(config)).start(time.time())
     finally:
-        if isinstance(store, RedisKeyStore):
-            store.close()
+        store.close()
 
 
 @dataclass
@@ -110,9 +111,10 @@ class Server:
         if self.roles is ROLES:
             self.roles = roles_of(config)
         self.key_store = self.key_store or make_key_store(config)
-        self.keys = KeyRing(self.key_store, RotationPolicy(config.rotation_period, config.keep_old))
+        self.keys = KeyRing(self.key_store, key_policy(config))
+        self._cookie_codec = self.keys.start(time.time())  # a store that cannot: start fails
         self.ntp = NtpResponder(
-            self.keys.codec(time.time()),
+            self._cookie_codec,
             initial_time_source(config),
             require_nts=config.require_nts,
         )
@@ -120,7 +122,7 @@ class Server:
         if advertised_port is None and config.ntp_port not in (0, 123):
             advertised_port = config.ntp_port  # tell clients where NTP is (Port Negotiation)
         self.ke = KeResponder(
-            self._codec,
+            lambda: self._cookie_codec,
             aeads=config.aeads,
             ntp_server=config.advertised_server,
             ntp_port=advertised_port,
@@ -150,10 +152,10 @@ class Server:
         self._stop: asyncio.Event | None = None
         self.poller: UpstreamPoller | None = None
 
-    def _codec(self) -> CookieCodec:
-        codec = self.keys.codec(time.time())
+    def install(self, codec: CookieCodec) -> None:
+        """Put ``codec`` in force for NTP replies and NTS-KE cookies alike."""
+        self._cookie_codec = codec
         self.ntp.codec = codec
-        return codec
 
     def publish_time_source(self, source: TimeSource) -> None:
         self.ntp.time_source = source
@@ -206,8 +208,6 @@ class Server:
             tasks.append(asyncio.create_task(self._rotate_keys()))
             if self.ntp_limiter is not None and "ntp" in self.roles:
                 tasks.append(asyncio.create_task(self._expire_rate_limits(self.ntp_limiter)))
-            if isinstance(self.key_store, RedisKeyStore):
-                tasks.append(asyncio.create_task(self._refresh_shared_keys(self.key_store)))
             if config.upstream and "ntp" in self.roles:
                 host, port = split_host_port(config.upstream, 123)
                 self.poller = UpstreamPoller(
@@ -253,13 +253,6 @@ class Server:
             self.ntp_services.clear()
             log.info("stopped")
 
-    async def _refresh_shared_keys(self, store: RedisKeyStore) -> None:
-        """Pick up a fleet's keys within seconds, also after a store outage."""
-        while True:
-            await asyncio.sleep(SHARED_KEY_REFRESH)
-            await asyncio.to_thread(store.refresh)
-            self._codec()
-
     async def _export_metrics(self) -> None:
         exporter = MetricsExporter(self)
         while True:
@@ -273,6 +266,18 @@ class Server:
             limiter.expire(time.monotonic())
 
     async def _rotate_keys(self) -> None:
-        while True:
-            self._codec()
-            await asyncio.sleep(min(60.0, self.config.rotation_period / 4))
+        """Keys change on time from what the ring holds; the store is read in a thread of
+        its own, so a hung store (file lock, Redis) never delays a packet or handshake."""
+        stop = threading.Event()
+        refresher = threading.Thread(
+            target=self.keys.run, args=(stop,), name="gnomon-keys", daemon=True
+        )
+        refresher.start()
+        try:
+            while True:
+                codec = self.keys.codec(time.time())
+                if codec is not self._cookie_codec:
+                    self.install(codec)
+                await asyncio.sleep(KEY_CHECK_INTERVAL)
+        finally:
+            stop.set()  # the thread ends after its store call (bounded by the store's time-outs)

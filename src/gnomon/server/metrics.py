@@ -111,11 +111,10 @@ class MetricsExporter:
         key_id = server.keys.current_id
         if key_id is not None:
             metrics.set("gnomon_cookie_key_id", key_id)
-            age = time.time() - key_id * server.keys.policy.period
+            age = time.time() - server.keys.policy.start_of(key_id)
             metrics.set("gnomon_cookie_key_age_seconds", age)
-        reachable = getattr(server.key_store, "reachable", None)
-        if reachable is not None:
-            metrics.set("gnomon_key_store_reachable", 1 if reachable else 0)
+        if server.keys.store_ok is not None:
+            metrics.set("gnomon_key_store_reachable", 1 if server.keys.store_ok else 0)
 
 
 def serve_metrics(listen: str, multiprocess: bool) -> Callable[[], None]:
