@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .roughtime_cli import add_roughtime_command
 
     add_roughtime_command(commands)
+
+    from .sync import add_sync_command
+
+    add_sync_command(commands)
     return parser
 
 
