@@ -5,8 +5,10 @@
 >>> print(result.offset, result.authenticated)
 """
 
-from .client.clock import Clock, ClockStatus, TrustedTime
-from .client.session import Result, Session, aquery, query
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AuthenticationError,
     CertificateError,
@@ -26,7 +28,38 @@ from .errors import (
     TlsError,
 )
 
+if TYPE_CHECKING:
+    from .client.clock import Clock, ClockStatus, TrustedTime
+    from .client.session import Result, Session, aquery, query
+
 __version__ = "0.1.0"
+
+# The client's names load on first use, so that importing any gnomon module (a server
+# worker unpickling its configuration, say) does not import the client and pyOpenSSL.
+_LAZY = {
+    "Clock": "clock",
+    "ClockStatus": "clock",
+    "TrustedTime": "clock",
+    "Result": "session",
+    "Session": "session",
+    "aquery": "session",
+    "query": "session",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gnomon' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".client.{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "AuthenticationError",

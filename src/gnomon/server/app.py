@@ -17,21 +17,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..proto.acl import Acl
 from ..proto.nts.cookie import CookieCodec
 from ..proto.nts.ke_server import KeResponder
 from ..proto.nts.ntp_server import NtpResponder, TimeSource
 from ..proto.ratelimit import KeRateLimiter, RateLimiter
-from .certificates import CertificateSource
 from .config import ServerConfig, split_host_port
-from .ke import KeLimits, KeService
 from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
 from .metrics import MULTIPROC_ENV, MetricsExporter, serve_metrics
 from .ntp import Admission, NtpService, open_ntp_socket, steer_by_source
 from .redisstore import RedisKeyStore
 from .secretfiles import read_fleet_secret
 from .upstream import UpstreamPoller, local_time_source
+
+if TYPE_CHECKING:  # imported where the KE role needs them: NTP workers go without pyOpenSSL
+    from .certificates import CertificateSource
+    from .ke import KeService
 
 log = logging.getLogger("gnomon.server")
 
@@ -140,6 +143,9 @@ class Server:
         self.ke_service: KeService | None = None
         if "ke" in self.roles:
             assert config.certificate is not None and config.key is not None
+            from .certificates import CertificateSource
+            from .ke import KeLimits, KeService
+
             self.certificates = CertificateSource(config.certificate, config.key, clock=self.clock)
             limits = KeLimits(config.ke_timeout, config.ke_max_connections)
             self.ke_service = KeService(

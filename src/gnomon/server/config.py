@@ -77,7 +77,7 @@ ke_rate_burst = 20
 @dataclass(frozen=True)
 class ServerConfig:
     role: str = "both"
-    listen: tuple[str, ...] = ("127.0.0.1",)
+    listen: tuple[str, ...] = ("0.0.0.0", "::")  # as EXAMPLE shows: every address
     ntp_port: int = 123
     ke_port: int = 4460
     require_nts: bool = False
