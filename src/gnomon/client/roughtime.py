@@ -141,12 +141,17 @@ class ChainResult:
     @property
     def disagreeing(self) -> tuple[str, ...]:
         """Names of the servers in some violated pair."""
-        return tuple(dict.fromkeys(self.results[i].server for i in self.verdict.involved))
+        return self._names(self.verdict.involved)
 
     @property
     def suspects(self) -> tuple[str, ...]:
         """Names of the servers whose removal alone makes the chain consistent."""
-        return tuple(dict.fromkeys(self.results[i].server for i in self.verdict.suspects))
+        return self._names(self.verdict.suspects)
+
+    def _names(self, positions: tuple[int, ...]) -> tuple[str, ...]:
+        """The servers at ``positions``, in the order of the server list."""
+        chosen = {self.results[i].server for i in positions}
+        return tuple(n for n in dict.fromkeys(r.server for r in self.results) if n in chosen)
 
     @property
     def report(self) -> str | None:

@@ -89,17 +89,24 @@ class Verdict:
 
     @property
     def suspects(self) -> tuple[int, ...]:
-        """Positions whose removal alone makes the rest consistent (the likely liars).
+        """Positions of the servers (by public key) whose removal alone makes the rest
+        consistent: the likely liar.
 
-        With one liar among honest servers this names it; when no single
-        removal helps, every involved position is returned.
+        With one liar among honest servers this names it (all its positions); when
+        no single server explains every violation, every involved position is
+        returned.
         """
         if self.consistent:
             return ()
-        single = tuple(
-            i for i in self.involved if all(i in (v.earlier, v.later) for v in self.violations)
-        )
-        return single or self.involved
+        keys = [link.public_key for link in self.links]
+        candidates = {
+            key
+            for key in {keys[i] for i in self.involved}
+            if all(key in (keys[v.earlier], keys[v.later]) for v in self.violations)
+        }
+        if not candidates:
+            return self.involved
+        return tuple(i for i, key in enumerate(keys) if key in candidates)
 
     def report(self) -> str:
         return malfeasance_report(self.links)

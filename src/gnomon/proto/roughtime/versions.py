@@ -67,7 +67,7 @@ class Rules:
 RULES: dict[int, Rules] = {
     VERSION_1: Rules(
         VERSION_1,
-        "Roughtime version 1 (RFC 10049)",
+        "version 1 (RFC 10049)",
         framed=True,
         nonce_size=32,
         hash_size=32,
@@ -79,7 +79,7 @@ RULES: dict[int, Rules] = {
     ),
     DRAFT_12: Rules(
         DRAFT_12,
-        "draft-ietf-ntp-roughtime-12..19",
+        "0x8000000c (drafts 12-19)",
         framed=True,
         nonce_size=32,
         hash_size=32,
@@ -91,7 +91,7 @@ RULES: dict[int, Rules] = {
     ),
     DRAFT_11: Rules(
         DRAFT_11,
-        "draft-ietf-ntp-roughtime-11",
+        "0x8000000b (draft 11)",
         framed=True,
         nonce_size=32,
         hash_size=32,
@@ -103,7 +103,7 @@ RULES: dict[int, Rules] = {
     ),
     DRAFT_08: Rules(
         DRAFT_08,
-        "draft-ietf-ntp-roughtime-08",
+        "0x80000008 (draft 8)",
         framed=True,
         nonce_size=32,
         hash_size=32,
