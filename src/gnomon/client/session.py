@@ -49,6 +49,10 @@ class Result:
     key_exchange: bool  # this query needed a new NTS-KE exchange
     server_time: float  # the server's time (Unix seconds) when the response arrived
     authenticated: bool = True
+    version: int = 4  # the NTP version of the reply
+    poll: int = 0
+    receive_ns: int = 0  # the server's receive and transmit timestamps (Unix ns)
+    transmit_ns: int = 0
 
     @property
     def aead_name(self) -> str:
@@ -96,6 +100,10 @@ def _result(
         cookies_left=association.cookie_count,
         key_exchange=ke_done,
         server_time=(sample.transmit_ns + sample.delay_ns // 2) / 1e9,
+        version=sample.version,
+        poll=sample.poll,
+        receive_ns=sample.receive_ns,
+        transmit_ns=sample.transmit_ns,
     )
 
 
