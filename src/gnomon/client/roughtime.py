@@ -58,18 +58,12 @@ class RoughtimeResult:
     port: int
     protocol: str  # "udp" or "tcp"
     public_key: bytes
-    reply: Reply
+    midpoint: int  # Unix seconds
+    radius: int  # seconds: the true time is within midpoint ± radius
     delay: float  # round-trip delay of the answered request, seconds
     attempts: int  # requests sent (more than 1 after grease or loss)
+    reply: Reply = field(repr=False)  # everything verified, the raw packets included
     rand: bytes | None = field(default=None, repr=False)  # chain input of this request
-
-    @property
-    def midpoint(self) -> int:
-        return self.reply.midpoint
-
-    @property
-    def radius(self) -> int:
-        return self.reply.radius
 
     @property
     def version(self) -> int:
@@ -89,11 +83,11 @@ class RoughtimeResult:
 
     @property
     def earliest(self) -> int:
-        return self.reply.earliest
+        return self.midpoint - self.radius
 
     @property
     def latest(self) -> int:
-        return self.reply.latest
+        return self.midpoint + self.radius
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -481,6 +475,8 @@ class RoughtimeClient:
             port=resolved[1],
             protocol=address.protocol,
             public_key=target.public_key,
+            midpoint=reply.midpoint,
+            radius=reply.radius,
             reply=reply,
             delay=delay,
             attempts=attempts.sent,

@@ -44,14 +44,6 @@ class Link:
     rand: bytes | None = None  # None on the first link (its nonce is random)
     name: str = ""  # the server's name, for messages; not part of the report
 
-    @property
-    def request(self) -> bytes:
-        return self.reply.request
-
-    @property
-    def response(self) -> bytes:
-        return self.reply.response
-
 
 @dataclass(frozen=True, slots=True)
 class Violation:
@@ -139,8 +131,8 @@ def report_document(links: Sequence[Link]) -> dict[str, Any]:
         entry = {"publicKey": _b64(link.public_key)}
         if link.rand is not None:
             entry["rand"] = _b64(link.rand)
-        entry["request"] = _b64(link.request)
-        entry["response"] = _b64(link.response)
+        entry["request"] = _b64(link.reply.request)
+        entry["response"] = _b64(link.reply.response)
         entries.append(entry)
     return {"responses": entries}
 
@@ -190,7 +182,7 @@ def verify_report(text: str | bytes) -> Verdict:
         if rand is not None:
             if len(rand) != RAND_SIZE:
                 raise RoughtimeFormatError(f"report entry {position}: rand is not 32 bytes")
-            expected = next_nonce(links[-1].response, rand, len(request.nonce))
+            expected = next_nonce(links[-1].reply.response, rand, len(request.nonce))
             if request.nonce != expected:
                 raise RoughtimeVerificationError(
                     f"report entry {position}: nonce is not chained to the previous response"

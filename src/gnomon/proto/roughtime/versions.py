@@ -25,7 +25,7 @@ uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 VERSION_1 = 0x00000001
 DRAFT_12 = 0x8000000C  # drafts 12 to 19
@@ -64,75 +64,43 @@ class Rules:
         return self.response_contexts[0]
 
 
+def _current(
+    version: int, name: str, delegation: tuple[bytes, ...], response: tuple[bytes, ...]
+) -> Rules:
+    """The layout of draft 12 onwards (and version 1): leaf over the request, VER in SREP."""
+    return Rules(version, name, True, 32, 32, True, delegation, response, False, True)
+
+
+def _early(version: int, name: str) -> Rules:
+    """Drafts 8 to 11 as Cloudflare deployed them: leaf over the nonce, ``--`` context."""
+    return Rules(
+        version, name, True, 32, 32, False, (_DELEGATION_OLD,), (_RESPONSE_DRAFT,), False, False
+    )
+
+
 RULES: dict[int, Rules] = {
-    VERSION_1: Rules(
+    VERSION_1: _current(
         VERSION_1,
         "version 1 (RFC 10049)",
-        framed=True,
-        nonce_size=32,
-        hash_size=32,
-        leaf_is_packet=True,
-        delegation_contexts=(_DELEGATION_ROUGHLY, _DELEGATION_DRAFT),
-        response_contexts=(_RESPONSE_ROUGHLY, _RESPONSE_DRAFT),
-        microseconds=False,
-        version_in_srep=True,
+        (_DELEGATION_ROUGHLY, _DELEGATION_DRAFT),
+        (_RESPONSE_ROUGHLY, _RESPONSE_DRAFT),
     ),
-    DRAFT_12: Rules(
-        DRAFT_12,
-        "0x8000000c (drafts 12-19)",
-        framed=True,
-        nonce_size=32,
-        hash_size=32,
-        leaf_is_packet=True,
-        delegation_contexts=(_DELEGATION_DRAFT,),
-        response_contexts=(_RESPONSE_DRAFT,),
-        microseconds=False,
-        version_in_srep=True,
+    DRAFT_12: _current(
+        DRAFT_12, "0x8000000c (drafts 12-19)", (_DELEGATION_DRAFT,), (_RESPONSE_DRAFT,)
     ),
-    DRAFT_11: Rules(
-        DRAFT_11,
-        "0x8000000b (draft 11)",
-        framed=True,
-        nonce_size=32,
-        hash_size=32,
-        leaf_is_packet=False,
-        delegation_contexts=(_DELEGATION_OLD,),
-        response_contexts=(_RESPONSE_DRAFT,),
-        microseconds=False,
-        version_in_srep=False,
-    ),
-    DRAFT_08: Rules(
-        DRAFT_08,
-        "0x80000008 (draft 8)",
-        framed=True,
-        nonce_size=32,
-        hash_size=32,
-        leaf_is_packet=False,
-        delegation_contexts=(_DELEGATION_OLD,),
-        response_contexts=(_RESPONSE_DRAFT,),
-        microseconds=False,
-        version_in_srep=False,
-    ),
-    GOOGLE: Rules(
-        GOOGLE,
-        "Google-Roughtime",
+    DRAFT_11: _early(DRAFT_11, "0x8000000b (draft 11)"),
+    DRAFT_08: _early(DRAFT_08, "0x80000008 (draft 8)"),
+    GOOGLE: replace(
+        _early(GOOGLE, "Google-Roughtime"),
         framed=False,
         nonce_size=64,
         hash_size=64,
-        leaf_is_packet=False,
-        delegation_contexts=(_DELEGATION_OLD,),
-        response_contexts=(_RESPONSE_DRAFT,),
         microseconds=True,
-        version_in_srep=False,
     ),
 }
 
 CLIENT_VERSIONS = (VERSION_1, DRAFT_12, DRAFT_11, DRAFT_08)  # what a client offers by default
 SERVER_VERSIONS = (VERSION_1, DRAFT_12)  # what a gnomon server can answer
-
-
-def rules_for(version: int) -> Rules | None:
-    return RULES.get(version)
 
 
 def version_name(version: int) -> str:
