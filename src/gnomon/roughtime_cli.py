@@ -65,6 +65,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--attempts", type=int, default=3, metavar="N", help="requests per address (default 3)"
     )
     query.add_argument("--tcp", action="store_true", help="query over TCP instead of UDP")
+    query.add_argument(
+        "--versions",
+        type=_version_list,
+        metavar="LIST",
+        help="versions to offer, e.g. 1,0x8000000c (default 1,0x8000000c,0x8000000b,0x80000008; "
+        "google alone for Google-Roughtime)",
+    )
     keys = parser.add_argument_group("keygen and delegate")
     keys.add_argument("--out", metavar="FILE", help="file to write (mode 0600)")
     keys.add_argument("--force", action="store_true", help="replace an existing --out file")
@@ -91,6 +98,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="UNIX",
         help="delegate: MINT of the first key (default: now, less one hour)",
     )
+
+
+def _version_list(text: str) -> tuple[int, ...]:
+    from .proto.roughtime.versions import GOOGLE, RULES
+
+    try:
+        versions = tuple(
+            GOOGLE if part.strip().lower() == "google" else int(part, 0) for part in text.split(",")
+        )
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of versions: {text!r}") from None
+    unknown = [v for v in versions if v not in RULES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unsupported version 0x{unknown[0]:08x}")
+    if GOOGLE in versions and len(versions) > 1:
+        raise argparse.ArgumentTypeError("google cannot be offered with other versions")
+    return versions
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,6 +165,7 @@ def _time(unix: int) -> str:
 def cmd_query(args: argparse.Namespace) -> int:
     from .client.roughtime import DEFAULT_PORT, RoughtimeClient
     from .proto.roughtime.serverlist import decode_public_key, split_address
+    from .proto.roughtime.versions import CLIENT_VERSIONS
 
     if not args.key:
         return _usage("--key BASE64 is needed to verify the server")
@@ -149,7 +174,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     host, port = split_address(args.target, DEFAULT_PORT)
     key = decode_public_key(args.key, "--key")
     client = RoughtimeClient(timeout=args.timeout, attempts=args.attempts)
-    result = client.query(host, port, public_key=key, protocol="tcp" if args.tcp else "udp")
+    result = client.query(
+        host,
+        port,
+        public_key=key,
+        protocol="tcp" if args.tcp else "udp",
+        versions=args.versions or CLIENT_VERSIONS,
+    )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
     else:

@@ -131,3 +131,15 @@ def test_delegate_signs_ahead_and_a_server_runs_from_the_file(tmp_path: Path) ->
         assert main(["roughtime", f"127.0.0.1:{loop.port}", "--key", b64(long_term_public)]) == 0
     key_file.chmod(0o644)
     assert main([*argv, "--force"]) == 2  # a key others can read is refused
+
+
+def test_versions_option(capsys: pytest.CaptureFixture[str]) -> None:
+    server, public = make_server()
+    with LoopbackServer(server, MIDPOINT) as loop:
+        argv = ["roughtime", f"127.0.0.1:{loop.port}", "--key", b64(public), "--json"]
+        assert main([*argv, "--versions", "0x8000000c"]) == 0
+        assert json.loads(capsys.readouterr().out)["version"] == "0x8000000c"
+        with pytest.raises(SystemExit):
+            main([*argv, "--versions", "7"])
+        with pytest.raises(SystemExit):
+            main([*argv, "--versions", "google,1"])

@@ -125,3 +125,15 @@ def test_chain_with_a_liar_names_it_and_gives_a_report_that_verifies() -> None:
     verdict = verify_report(chain.report)
     assert not verdict.consistent
     assert len(json.loads(chain.report)["responses"]) == 6
+
+
+async def test_async_closed_ports_end_in_a_timeout_error() -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens there
+    _, public = make_server()
+    client = RoughtimeClient(timeout=0.3, attempts=2)
+    with pytest.raises(QueryTimeoutError):
+        await client.aquery("127.0.0.1", port, public_key=public)

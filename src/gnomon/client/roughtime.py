@@ -221,23 +221,28 @@ def _tcp(family: int, address: tuple[str, int], packet: bytes, timeout: float) -
 
 class _DatagramWaiter(asyncio.DatagramProtocol):
     def __init__(self) -> None:
-        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         if not self.answer.done():
             self.answer.set_result(data)
 
     def error_received(self, exc: Exception) -> None:
-        pass  # ICMP unreachable: wait for the deadline like the blocking form
+        # ICMP port unreachable: no server there, as the blocking form sees it
+        if isinstance(exc, ConnectionRefusedError) and not self.answer.done():
+            self.answer.set_result(None)
 
 
 async def _audp(
     family: int, address: tuple[str, int], packet: bytes, timeout: float
 ) -> bytes | None:
     loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        _DatagramWaiter, remote_addr=address, family=family
-    )
+    try:
+        transport, protocol = await loop.create_datagram_endpoint(
+            _DatagramWaiter, remote_addr=address, family=family
+        )
+    except OSError as exc:
+        raise GnomonError(f"UDP to {address[0]}:{address[1]}: {exc}") from None
     try:
         transport.sendto(packet)
         try:
