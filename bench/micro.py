@@ -4,8 +4,11 @@
 (plain, NTS with 0 or 1 placeholder, AEAD 15 and 30), with ``--primitives``
 the AEAD calls it makes, with ``--loop`` the UDP loop (``NtpService.drain``
 with ``recvmmsg``/``sendmmsg`` and with ``recvmsg``/``sendto``, on loopback, replies to a socket
-nobody waits on), and with ``--profile SCENARIO`` prints a cProfile of that
-scenario.
+nobody waits on), with ``--profile SCENARIO`` prints a cProfile of that
+scenario, and with ``--baseline SRC`` (another checkout's root) times that
+tree's responder and cookie codec in the same process, alternating with this
+one's over ``--rounds`` rounds, so both see the same machine (A/B on a busy
+host: compare the two columns, not figures of different runs).
 Requests are built the way the bench's load generator gets them: gnomon's
 client (``Association.build_request``) from cookies sealed by a CookieCodec,
 with ``--sessions`` distinct key sets (default 16, as bench/run.py).
@@ -15,18 +18,24 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
+import importlib.util
+import inspect
 import os
 import pstats
 import sys
 import time
 import timeit
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
 from gnomon.proto.nts.client import Association
-from gnomon.proto.nts.cookie import CookieCodec, CookieKey
+from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec, CookieKey
 from gnomon.proto.nts.ke import MAX_COOKIES
 from gnomon.proto.nts.ntp_server import NtpResponder, TimeSource
 
@@ -39,7 +48,9 @@ SCENARIOS = {
 }
 
 
-def requests(codec: CookieCodec, scenario: str, sessions: int, count: int) -> list[bytes]:
+def requests(
+    codec: Any, scenario: str, sessions: int, count: int, association: Any = Association
+) -> list[bytes]:
     aead, placeholders = SCENARIOS[scenario]
     if aead is None:
         header = bytearray(48)
@@ -51,12 +62,15 @@ def requests(codec: CookieCodec, scenario: str, sessions: int, count: int) -> li
     for i in range(count):
         c2s, s2c = keys[i % sessions]
         # A jar of 8 - placeholders cookies makes build_request send that many placeholders.
-        jar = [codec.seal(aead, c2s, s2c) for _ in range(MAX_COOKIES - placeholders)]
-        out.append(Association(aead, c2s, s2c, jar).build_request()[0])
+        jar = [
+            codec.seal(aead, c2s, s2c, os.urandom(RANDOM_LEN))
+            for _ in range(MAX_COOKIES - placeholders)
+        ]
+        out.append(association(aead, c2s, s2c, jar).build_request()[0])
     return out
 
 
-def time_respond(responder: NtpResponder, packets: list[bytes], seconds: float) -> float:
+def time_respond(responder: Any, packets: list[bytes], seconds: float) -> float:
     respond = responder.respond
     clock = time.time_ns
     now = clock()
@@ -178,6 +192,96 @@ def loop_costs() -> None:
         )
 
 
+class Tree:
+    """The responder and cookie codec of one gnomon tree (this one, or a baseline's
+    imported as another package), behind the API both understand."""
+
+    def __init__(self, label: str, package: str = "gnomon") -> None:
+        self.label = label
+        self.cookie = importlib.import_module(f"{package}.proto.nts.cookie")
+        self.server = importlib.import_module(f"{package}.proto.nts.ntp_server")
+        self.client = importlib.import_module(f"{package}.proto.nts.client")
+        self.codec = self.cookie.CookieCodec(self.cookie.CookieKey(1, os.urandom(16)))
+        self._seeded = "seed" in inspect.signature(self.server.NtpResponder).parameters
+        # seal_reply's last argument: the reply's unique input now, the time before.
+        self._unique = "unique" in inspect.signature(self.codec.seal_reply).parameters
+
+    def responder(self) -> Any:
+        source = self.server.TimeSource(leap=0, stratum=2, reference_id=b"\x7f\x00\x00\x01")
+        if self._seeded:
+            return self.server.NtpResponder(self.codec, source, seed=os.urandom(16))
+        return self.server.NtpResponder(self.codec, source)
+
+    def requests(self, scenario: str, sessions: int, count: int) -> list[bytes]:
+        return requests(self.codec, scenario, sessions, count, self.client.Association)
+
+    def cookie_calls(self) -> dict[str, Callable[[], object]]:
+        """Cookie open, and one and two cookies sealed (beside a reply's nonce), as the
+        responder calls them, over 4096 cookies of random sessions."""
+        codec = self.codec
+        c2s, s2c = os.urandom(16), os.urandom(16)
+        plain = AES_128_GCM_SIV.to_bytes(2, "big") + c2s + s2c
+        cookies = [codec.seal(AES_128_GCM_SIV, c2s, s2c, os.urandom(16)) for _ in range(4096)]
+        last: object = os.urandom(16) if self._unique else time.time_ns()
+        for cookie in cookies:
+            assert codec.open_raw(cookie) == plain
+        endless = iter(cookies * 2000)
+        open_raw, seal_reply = codec.open_raw, codec.seal_reply
+        return {
+            "cookie open": lambda: open_raw(next(endless)),
+            "reply nonce, no cookie": lambda: seal_reply(plain, 0, 12, last),
+            "reply nonce and 1 cookie": lambda: seal_reply(plain, 1, 12, last),
+            "reply nonce and 2 cookies": lambda: seal_reply(plain, 2, 12, last),
+        }
+
+
+def load_baseline(root: Path) -> Tree:
+    src = root / "src" / "gnomon"
+    spec = importlib.util.spec_from_file_location(
+        "gnomon_baseline", src / "__init__.py", submodule_search_locations=[str(src)]
+    )
+    assert spec is not None and spec.loader is not None, f"no gnomon package in {root}"
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    sys.modules["gnomon_baseline"] = module
+    spec.loader.exec_module(module)
+    return Tree(f"baseline {root}", "gnomon_baseline")
+
+
+def compare(trees: list[Tree], sessions: int, count: int, rounds: int) -> None:
+    """Best per-call time of each tree, the trees taking turns round after round."""
+    print(f"A/B, best of {rounds} alternating rounds (µs per call):")
+    print(f"  {'':28s}" + "".join(f"{t.label[:24]:>26s}" for t in trees) + "     ratio")
+
+    def show(name: str, best: list[float]) -> None:
+        ratio = best[-1] / best[0]
+        print(f"  {name:28s}" + "".join(f"{b:26.3f}" for b in best) + f"  {ratio:8.3f}")
+
+    for scenario in SCENARIOS:
+        cases = []
+        for tree in trees:
+            responder, packets = tree.responder(), tree.requests(scenario, sessions, count)
+            now = time.time_ns()
+            assert all(responder.respond(p, now, time.time_ns) for p in packets)
+            cases.append((responder.respond, packets))
+        best = [float("inf")] * len(trees)
+        for _ in range(rounds):
+            for n, (respond, packets) in enumerate(cases):
+                now, clock = time.time_ns(), time.time_ns
+                start = time.perf_counter()
+                for packet in packets:
+                    respond(packet, now, clock)
+                best[n] = min(best[n], (time.perf_counter() - start) / len(packets) * 1e6)
+        show(f"respond {scenario}", best)
+    calls = [tree.cookie_calls() for tree in trees]
+    for name in calls[0]:
+        best = [float("inf")] * len(trees)
+        for _ in range(rounds):
+            for n, tree_calls in enumerate(calls):
+                cost = timeit.timeit(tree_calls[name], number=2000) / 2000 * 1e6
+                best[n] = min(best[n], cost)
+        show(name, best)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per scenario")
@@ -186,11 +290,17 @@ def main() -> None:
     parser.add_argument("--profile", choices=SCENARIOS, help="cProfile one scenario")
     parser.add_argument("--primitives", action="store_true", help="also time the AEAD calls")
     parser.add_argument("--loop", action="store_true", help="also time the UDP loop")
+    parser.add_argument("--baseline", type=Path, help="A/B against the checkout at this path")
+    parser.add_argument("--rounds", type=int, default=40, help="A/B rounds")
     args = parser.parse_args()
+    if args.baseline:
+        trees = [load_baseline(args.baseline.resolve()), Tree("this tree")]
+        compare(trees, args.sessions, args.requests, args.rounds)
+        return
     codec = CookieCodec(CookieKey(1, os.urandom(16)))
     synced = TimeSource(leap=0, stratum=2, reference_id=b"\x7f\x00\x00\x01")
     if args.profile:
-        responder = NtpResponder(codec, synced)
+        responder = NtpResponder(codec, synced, seed=os.urandom(RANDOM_LEN))
         packets = requests(codec, args.profile, args.sessions, args.requests)
         respond, clock, now = responder.respond, time.time_ns, time.time_ns()
         profiler = cProfile.Profile()
@@ -203,7 +313,7 @@ def main() -> None:
         return
     print("NtpResponder.respond, best per-request time:")
     for scenario in SCENARIOS:
-        responder = NtpResponder(codec, synced)
+        responder = NtpResponder(codec, synced, seed=os.urandom(RANDOM_LEN))
         packets = requests(codec, scenario, args.sessions, args.requests)
         cost = time_respond(responder, packets, args.seconds)
         print(f"  {scenario:8s} {cost:6.2f} µs  ({len(packets[0])} B request)")

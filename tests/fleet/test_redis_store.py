@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -345,10 +346,10 @@ def test_cookie_sealed_by_one_server_opens_on_another(make_store: MakeStore) -> 
     ring_b = KeyRing(make_store(), POLICY)
     now = time.time()
     c2s, s2c = b"c" * 16, b"s" * 16
-    cookie = ring_a.start(now).seal(AES_128_GCM_SIV, c2s, s2c)
+    cookie = ring_a.start(now).seal(AES_128_GCM_SIV, c2s, s2c, os.urandom(16))
     assert ring_b.start(now).open(cookie) == (AES_128_GCM_SIV, c2s, s2c)
     # still opens next period (old key), and a server a period ahead is understood
-    later = ring_a.start(now + PERIOD).seal(AES_128_GCM_SIV, c2s, s2c)
+    later = ring_a.start(now + PERIOD).seal(AES_128_GCM_SIV, c2s, s2c, os.urandom(16))
     assert ring_b.codec(now).open(later) == (AES_128_GCM_SIV, c2s, s2c)
     assert ring_b.start(now + PERIOD).open(cookie) == (AES_128_GCM_SIV, c2s, s2c)
     # a server of another fleet secret cannot open it

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, derive_keys
-from gnomon.proto.nts.cookie import CookieCodec
+from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec
 from gnomon.proto.nts.ke import MAX_COOKIES, ErrorCode, Record, RecordType
 from gnomon.proto.nts.ke_server import KeResponder
 
@@ -28,8 +30,11 @@ END = raw_record(0x8000, b"")
 
 
 def respond(codec: CookieCodec, request: bytes, **kwargs: object) -> tuple[Record, ...]:
-    responder = KeResponder(lambda: codec, **kwargs)  # type: ignore[arg-type]
-    return parse_response_bytes(responder.respond(parse_response_bytes(request), fake_exporter))
+    responder = KeResponder(lambda _unix_ns: codec, **kwargs)  # type: ignore[arg-type]
+    response = responder.respond(
+        parse_response_bytes(request), fake_exporter, unix_ns=0, randomness=os.urandom(RANDOM_LEN)
+    )
+    return parse_response_bytes(response)
 
 
 def chosen_aead(records: tuple[Record, ...]) -> list[int]:

@@ -329,7 +329,7 @@ async def test_response_larger_than_the_socket_buffer_is_written_in_full(pki: De
     from gnomon.server.ke import KeLimits, KeService, _KeConnection
 
     service = KeService(
-        KeResponder(lambda: CookieCodec(CookieKey(1, bytes(16)))),
+        KeResponder(lambda _unix_ns: CookieCodec(CookieKey(1, bytes(16)))),
         CertificateSource(pki.cert_chain, pki.key),
         KeLimits(timeout=5.0),
     )

@@ -73,7 +73,7 @@ def test_codec_rotates_from_the_keys_held_without_calling_the_store() -> None:
     assert ring.codec(T0 + 59) is first  # same period: same object, nothing rebuilt
     rotated = ring.codec(T0 + 60)  # the next key was fetched a period ahead
     assert rotated.current_id == first.current_id + 1
-    assert rotated.open(first.seal(15, b"c" * 32, b"s" * 32)) is not None  # old key kept
+    assert rotated.open(first.seal(15, b"c" * 32, b"s" * 32, bytes(16))) is not None  # old key kept
     assert ring.codec(T0 + 120).current_id == first.current_id + 1  # not held: not minted
     assert len(store.calls) == calls  # the serving side never touched the store
     assert ring.refresh(T0 + 120)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
-from gnomon.proto.nts.cookie import CookieCodec, CookieKey, cookie_length
+from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec, CookieKey, cookie_length
 from gnomon.proto.nts.fields import (
     EF_NTS_AUTHENTICATOR,
     EF_NTS_COOKIE,
@@ -40,7 +40,7 @@ def session(codec: CookieCodec, aead: int = AES_128_GCM_SIV) -> tuple[bytes, byt
     """(C2S, S2C, cookie) as NTS-KE would have handed them out."""
     length = ALGORITHMS[aead].key_length
     c2s, s2c = os.urandom(length), os.urandom(length)
-    return c2s, s2c, codec.seal(aead, c2s, s2c)
+    return c2s, s2c, codec.seal(aead, c2s, s2c, os.urandom(RANDOM_LEN))
 
 
 def respond(responder: NtpResponder, data: bytes) -> bytes | None:
@@ -52,7 +52,7 @@ def respond(responder: NtpResponder, data: bytes) -> bytes | None:
 
 @pytest.mark.parametrize("version", [3, 4])
 def test_plain_request_answered_from_the_time_source(codec: CookieCodec, version: int) -> None:
-    responder = NtpResponder(codec, SYNCED)
+    responder = NtpResponder(codec, SYNCED, seed=bytes(16))
     request = plain_request(0xDEADBEEF01234567, version=version, poll=7)
     reply = respond(responder, request)
     assert reply is not None and len(reply) == HEADER_LEN
@@ -70,12 +70,12 @@ def test_plain_request_answered_from_the_time_source(codec: CookieCodec, version
 
 
 def test_plain_request_unsynchronised_by_default(codec: CookieCodec) -> None:
-    header = NtpHeader.decode(respond(NtpResponder(codec), plain_request()) or b"")
+    header = NtpHeader.decode(respond(NtpResponder(codec, seed=bytes(16)), plain_request()) or b"")
     assert (header.leap, header.stratum) == (3, 16)
 
 
 def test_time_source_swap_takes_effect(codec: CookieCodec) -> None:
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     responder.time_source = SYNCED
     header = NtpHeader.decode(respond(responder, plain_request()) or b"")
     assert (header.leap, header.stratum) == (0, 2)
@@ -83,12 +83,12 @@ def test_time_source_swap_takes_effect(codec: CookieCodec) -> None:
 
 def test_plain_request_with_unknown_extension_gets_header_only(codec: CookieCodec) -> None:
     request = plain_request() + encode_extension_field(0x7777, bytes(28))
-    reply = respond(NtpResponder(codec), request)
+    reply = respond(NtpResponder(codec, seed=bytes(16)), request)
     assert reply is not None and len(reply) == HEADER_LEN
 
 
 def test_require_nts_drops_plain_but_answers_nts(codec: CookieCodec) -> None:
-    responder = NtpResponder(codec, require_nts=True)
+    responder = NtpResponder(codec, require_nts=True, seed=bytes(16))
     assert respond(responder, plain_request()) is None
     assert respond(responder, plain_request() + encode_extension_field(0x7777, bytes(28))) is None
     assert responder.counters.dropped == 2
@@ -100,7 +100,7 @@ def test_require_nts_drops_plain_but_answers_nts(codec: CookieCodec) -> None:
 
 @pytest.mark.parametrize("mode", [0, 1, 2, 4, 5, 6, 7])
 def test_non_client_modes_dropped(codec: CookieCodec, mode: int) -> None:
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     request = bytearray(plain_request())
     request[0] = (request[0] & ~7) | mode
     assert respond(responder, bytes(request)) is None
@@ -163,7 +163,7 @@ UNANSWERABLE = {
 
 @pytest.mark.parametrize("shape", sorted(MALFORMED))
 def test_malformed_packet_dropped_and_counted(codec: CookieCodec, shape: str) -> None:
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     assert respond(responder, MALFORMED[shape](codec)) is None
     assert responder.counters.malformed == 1
     assert responder.counters.nts == responder.counters.plain == responder.counters.nak == 0
@@ -171,7 +171,7 @@ def test_malformed_packet_dropped_and_counted(codec: CookieCodec, shape: str) ->
 
 @pytest.mark.parametrize("shape", sorted(UNANSWERABLE))
 def test_unanswerable_nts_request_dropped_and_counted(codec: CookieCodec, shape: str) -> None:
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     assert respond(responder, UNANSWERABLE[shape](codec)) is None
     counters = responder.counters
     assert counters.malformed + counters.dropped == 1
@@ -180,7 +180,7 @@ def test_unanswerable_nts_request_dropped_and_counted(codec: CookieCodec, shape:
 
 @pytest.mark.parametrize("ef_type", [EF_UNIQUE_IDENTIFIER, EF_NTS_COOKIE], ids=["uid", "cookie"])
 def test_duplicate_nts_fields_dropped_and_counted(codec: CookieCodec, ef_type: int) -> None:
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     assert respond(responder, _nts_with_two(ef_type, codec)) is None
     assert responder.counters.malformed == 1
 
@@ -191,7 +191,7 @@ def test_duplicate_nts_fields_dropped_and_counted(codec: CookieCodec, ef_type: i
     first=st.sampled_from([0x23, 0x1B, 0xE3, 0x24]),
 )
 def test_random_bytes_never_raise_nor_amplify(data: bytes, first: int) -> None:
-    responder = NtpResponder(CookieCodec(CookieKey(1, bytes(16))))
+    responder = NtpResponder(CookieCodec(CookieKey(1, bytes(16))), seed=bytes(16))
     request = bytes([first]) + data
     reply = respond(responder, request)
     assert reply is None or len(reply) <= len(request)
@@ -209,7 +209,7 @@ def test_random_bytes_never_raise_nor_amplify(data: bytes, first: int) -> None:
 )
 def test_structured_garbage_never_raises_nor_amplifies(fields: list[tuple[int, int]]) -> None:
     """Well-framed extension fields of NTS types with nonsense bodies."""
-    responder = NtpResponder(CookieCodec(CookieKey(1, bytes(16))))
+    responder = NtpResponder(CookieCodec(CookieKey(1, bytes(16))), seed=bytes(16))
     seen: set[int] = set()
     body = b""
     for ef_type, length in fields:
@@ -245,7 +245,7 @@ def test_undecryptable_cookie_gets_nak(codec: CookieCodec) -> None:
     c2s, _, cookie = session(other)
     unique_id = os.urandom(32)
     request = nts_request(AES_128_GCM_SIV, c2s, cookie, unique_id=unique_id)
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     _assert_nak(respond(responder, request), request, unique_id)
     assert responder.counters.nak == 1
 
@@ -255,14 +255,14 @@ def test_tampered_cookie_gets_nak(codec: CookieCodec) -> None:
     cookie = cookie[:-1] + bytes([cookie[-1] ^ 1])
     unique_id = os.urandom(32)
     request = nts_request(AES_128_GCM_SIV, c2s, cookie, unique_id=unique_id)
-    _assert_nak(respond(NtpResponder(codec), request), request, unique_id)
+    _assert_nak(respond(NtpResponder(codec, seed=bytes(16)), request), request, unique_id)
 
 
 def test_bad_authenticator_gets_nak(codec: CookieCodec) -> None:
     _, _, cookie = session(codec)
     unique_id = os.urandom(32)
     request = nts_request(AES_128_GCM_SIV, os.urandom(16), cookie, unique_id=unique_id)
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     _assert_nak(respond(responder, request), request, unique_id)
     assert responder.counters.nak == 1
 
@@ -272,7 +272,9 @@ def test_modified_request_gets_nak(codec: CookieCodec) -> None:
     unique_id = os.urandom(32)
     request = bytearray(nts_request(AES_128_GCM_SIV, c2s, cookie, unique_id=unique_id))
     request[2] ^= 1  # poll: covered by the authenticator
-    _assert_nak(respond(NtpResponder(codec), bytes(request)), bytes(request), unique_id)
+    _assert_nak(
+        respond(NtpResponder(codec, seed=bytes(16)), bytes(request)), bytes(request), unique_id
+    )
 
 
 # --- NTS: cookies and placeholders ----------------------------------------------------------
@@ -283,7 +285,7 @@ def test_authenticated_reply_cookies_inside_encryption(codec: CookieCodec, aead:
     c2s, s2c, cookie = session(codec, aead)
     unique_id = os.urandom(32)
     request = nts_request(aead, c2s, cookie, unique_id=unique_id, placeholders=[len(cookie)] * 2)
-    responder = NtpResponder(codec, SYNCED)
+    responder = NtpResponder(codec, SYNCED, seed=bytes(16))
     reply = respond(responder, request)
     assert reply is not None and len(reply) <= len(request)
     parsed = open_reply(reply, aead, s2c)
@@ -307,7 +309,7 @@ def test_fields_after_the_authenticator_are_ignored(codec: CookieCodec) -> None:
     request = nts_request(AES_128_GCM_SIV, c2s, cookie) + b"".join(
         encode_extension_field(EF_NTS_COOKIE_PLACEHOLDER, bytes(len(cookie))) for _ in range(3)
     )
-    reply = respond(NtpResponder(codec), request)
+    reply = respond(NtpResponder(codec, seed=bytes(16)), request)
     assert reply is not None
     parsed = open_reply(reply, AES_128_GCM_SIV, s2c)
     assert parsed.authenticated
@@ -327,7 +329,7 @@ def test_fields_after_the_authenticator_are_ignored(codec: CookieCodec) -> None:
 def test_placeholder_rules(codec: CookieCodec, delta: int, count: int, expected: int) -> None:
     c2s, s2c, cookie = session(codec)
     request = nts_request(AES_128_GCM_SIV, c2s, cookie, placeholders=[len(cookie) + delta] * count)
-    reply = respond(NtpResponder(codec), request)
+    reply = respond(NtpResponder(codec, seed=bytes(16)), request)
     assert reply is not None
     assert len(open_reply(reply, AES_128_GCM_SIV, s2c).cookies) == expected
 
@@ -341,7 +343,7 @@ def test_encrypted_placeholders_count_too(codec: CookieCodec) -> None:
         placeholders=[len(cookie)],
         encrypted_placeholders=[len(cookie)] * 2,
     )
-    reply = respond(NtpResponder(codec), request)
+    reply = respond(NtpResponder(codec, seed=bytes(16)), request)
     assert reply is not None
     assert len(open_reply(reply, AES_128_GCM_SIV, s2c).cookies) == 4
 
@@ -382,7 +384,7 @@ def test_no_amplification(
         encrypted_placeholders=encrypted,
         nonce=nonce,
     )
-    responder = NtpResponder(codec)
+    responder = NtpResponder(codec, seed=bytes(16))
     reply = respond(responder, request)
     if reply is None:
         assert len(request) > 2048  # only what no legitimate client sends may go unanswered
@@ -405,7 +407,9 @@ T0 = 1_700_000_001.0  # 60-second periods: T0 is one second into its period
 
 def _exchange(codec_at_t0: CookieCodec, codec_now: CookieCodec) -> str:
     c2s, s2c, cookie = session(codec_at_t0)
-    reply = respond(NtpResponder(codec_now), nts_request(AES_128_GCM_SIV, c2s, cookie))
+    reply = respond(
+        NtpResponder(codec_now, seed=bytes(16)), nts_request(AES_128_GCM_SIV, c2s, cookie)
+    )
     assert reply is not None
     parsed = open_reply(reply, AES_128_GCM_SIV, s2c)
     if parsed.authenticated:

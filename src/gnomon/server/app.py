@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..proto.acl import Acl
-from ..proto.nts.cookie import CookieCodec
+from ..proto.nts.cookie import RANDOM_LEN, CookieCodec
 from ..proto.nts.ke_server import KeResponder
 from ..proto.nts.ntp_server import NtpResponder, TimeSource
 from ..proto.ratelimit import KeRateLimiter, RateLimiter
@@ -119,13 +119,14 @@ class Server:
         self.ntp = NtpResponder(
             self._cookie_codec,
             initial_time_source(config),
+            seed=os.urandom(RANDOM_LEN),
             require_nts=config.require_nts,
         )
         advertised_port = config.advertised_port
         if advertised_port is None and config.ntp_port not in (0, 123):
             advertised_port = config.ntp_port  # tell clients where NTP is (Port Negotiation)
         self.ke = KeResponder(
-            lambda: self._cookie_codec,
+            lambda _unix_ns: self._cookie_codec,
             aeads=config.aeads,
             ntp_server=config.advertised_server,
             ntp_port=advertised_port,

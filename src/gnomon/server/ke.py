@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from ..errors import GnomonError, KeProtocolError
 from ..proto.acl import Acl
+from ..proto.nts.cookie import RANDOM_LEN
 from ..proto.nts.ke import ErrorCode, RecordStream
 from ..proto.nts.ke_server import KeResponder
 from ..proto.ratelimit import KeRateLimiter
@@ -321,7 +322,13 @@ class _KeConnection:
                 self._respond(self.service.responder.error(ErrorCode.BAD_REQUEST))
                 return
             if records is not None:
-                self._respond(self.service.responder.respond(records, engine.export))
+                response = self.service.responder.respond(
+                    records,
+                    engine.export,
+                    unix_ns=time.time_ns(),
+                    randomness=os.urandom(RANDOM_LEN),
+                )
+                self._respond(response)
                 return
         if engine.closed:
             self.close(abort=False)

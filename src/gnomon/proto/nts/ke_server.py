@@ -46,20 +46,27 @@ class KeResponder:
     The AEAD is the first of ``aeads`` (server preference) that the client
     offered; for AES-128-GCM-SIV the keys come from the compliant exporter
     context when the client sent record 1024, else from chrony's original one.
+
+    ``respond`` takes the time (Unix ns: ``codec_provider(unix_ns)`` gives the
+    cookie keys in force then) and :data:`~.cookie.RANDOM_LEN` fresh random
+    bytes for the response's cookies: nothing here reads a clock or a random
+    source.
     """
 
-    codec_provider: Callable[[], CookieCodec]
+    codec_provider: Callable[[int], CookieCodec]
     aeads: Sequence[int] = (AES_128_GCM_SIV, 15)
     ntp_server: str | None = None
     ntp_port: int | None = None
     counters: KeCounters = field(default_factory=KeCounters)
 
-    def respond(self, records: Sequence[Record], exporter: Exporter) -> bytes:
+    def respond(
+        self, records: Sequence[Record], exporter: Exporter, *, unix_ns: int, randomness: bytes
+    ) -> bytes:
         try:
             request = parse_request(records)
         except KeRequestError as exc:
             return self.error(exc.code)
-        return self._negotiate(request, exporter)
+        return self._negotiate(request, exporter, unix_ns, randomness)
 
     def error(self, code: ErrorCode) -> bytes:
         self.counters.error += 1
@@ -70,7 +77,9 @@ class KeResponder:
             ]
         )
 
-    def _negotiate(self, request: KeRequest, exporter: Exporter) -> bytes:
+    def _negotiate(
+        self, request: KeRequest, exporter: Exporter, unix_ns: int, randomness: bytes
+    ) -> bytes:
         records: list[Record] = []
         protocol_ok = 0 in request.protocols
         records.append(Record(RecordType.NEXT_PROTOCOL, u16_list([0] if protocol_ok else []), True))
@@ -85,7 +94,7 @@ class KeResponder:
         if chosen == AES_128_GCM_SIV and request.compliant_gcm_siv:
             records.append(Record(RecordType.COMPLIANT_AES_128_GCM_SIV_EXPORTER))
         c2s, s2c = derive_keys(exporter, chosen, compliant=compliant)
-        cookies = self.codec_provider().seal_many(chosen, c2s, s2c, MAX_COOKIES)
+        cookies = self.codec_provider(unix_ns).seal_many(chosen, c2s, s2c, MAX_COOKIES, randomness)
         cookie_head = _RECORD_HEAD.pack(RecordType.NEW_COOKIE, len(cookies[0]))  # all one size
         tail: list[Record] = []
         if self.ntp_server is not None:

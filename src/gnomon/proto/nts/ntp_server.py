@@ -7,6 +7,7 @@ rotation), and the time-source state as a :class:`TimeSource` value.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
 
 from ...errors import NtpFormatError
 from .aead import AES_128_GCM_SIV, ALGORITHMS
-from .cookie import CookieCodec
+from .cookie import RANDOM_LEN, CookieCodec
 from .fields import (
     EF_NTS_AUTHENTICATOR,
     EF_NTS_COOKIE,
@@ -131,6 +132,11 @@ class NtpResponder:
     anything is sealed, and one BLAKE2b call in the cookie codec gives the
     reply's nonce with the new cookies' nonces, so answering makes no system
     call (the UDP loop sends replies in batches).
+
+    ``seed`` (:data:`~.cookie.RANDOM_LEN` random bytes, from the adapter) starts
+    the 128-bit counter that gives each reply the never-repeated input of its
+    cookie and nonce PRF. A responder must not be shared across a fork: each
+    process builds its own with a seed of its own.
     """
 
     def __init__(
@@ -138,9 +144,13 @@ class NtpResponder:
         codec: CookieCodec,
         time_source: TimeSource | None = None,
         *,
+        seed: bytes,
         require_nts: bool = False,
     ) -> None:
+        if len(seed) != RANDOM_LEN:
+            raise ValueError(f"the responder's seed is {RANDOM_LEN} random bytes")
         self.codec = codec
+        self._next_unique = itertools.count(int.from_bytes(seed, "big") >> 1).__next__
         self.require_nts = require_nts
         self.counters = NtpCounters()
         self._sessions: dict[bytes, _Session] = {}
@@ -318,7 +328,8 @@ class NtpResponder:
                 self.counters.dropped += 1
                 return None
             count = min(1 + wanted, MAX_COOKIES, room // cookie_field_len)
-        nonce, fields = codec.seal_reply(plain, count, reply_nonce_len, receive_ns)
+        unique = self._next_unique().to_bytes(16, "big")
+        nonce, fields = codec.seal_reply(plain, count, reply_nonce_len, unique)
         head = (
             _pack_reply_head(
                 self._first | (first & 0x38),
@@ -367,4 +378,3 @@ class NtpResponder:
             _ntp_time(transmit_ns),
         )
         return header + data[uid_at:uid_end]
-
