@@ -157,4 +157,4 @@ def test_install_puts_one_codec_in_force_for_ntp_and_ke(pki: DemoPki) -> None:
     assert server.ntp.codec is not codec
     server.install(codec)
     assert server.ntp.codec is codec
-    assert server.ke.codec_provider() is codec
+    assert server.ke.codec_provider(0) is codec
