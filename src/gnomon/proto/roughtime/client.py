@@ -146,7 +146,7 @@ def verify_response(request: ClientRequest, packet: bytes, public_key: bytes) ->
             f"response of {len(packet)} bytes is larger than the {len(request.packet)}-byte request"
         )
     google = request.versions == (GOOGLE,)
-    response = m.decode(packet if google else m.unframe(packet))
+    response = m.decode(packet) if google else m.decode_packet(packet)
     srep_raw = response.require(m.SREP)
     srep = m.decode(srep_raw)
     rules = response_version(request, response, srep)
@@ -212,7 +212,7 @@ def parse_client_request(packet: bytes) -> ClientRequest:
     A framed packet must list its versions in VER; an unframed one is Google-Roughtime.
     """
     if packet[:8] == m.MAGIC:
-        message = m.decode(m.unframe(packet))
+        message = m.decode_packet(packet)
         versions = message.u32_list(m.VER, MAX_VERSIONS)
         nonce = message.require(m.NONC, 32)
     else:

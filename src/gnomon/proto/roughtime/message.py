@@ -128,14 +128,18 @@ def u32_list(value: bytes, limit: int, key: int) -> tuple[int, ...]:
 _HEADERS = [struct.Struct(f"<{max(1, 2 * n)}I") for n in range(MAX_TAGS + 1)]
 
 
-def decode(data: bytes) -> Message:
-    """Parse one message (no framing). Raises :class:`RoughtimeFormatError` only."""
-    size = len(data)
+def decode(data: bytes, start: int = 0) -> Message:
+    """Parse the message that fills ``data`` from ``start`` on (no framing).
+
+    Raises :class:`RoughtimeFormatError` only. ``start`` lets a caller parse
+    the message inside a packet without copying it out first.
+    """
+    size = len(data) - start
     if size < 4 or size % 4:
         raise RoughtimeFormatError(f"message of {size} bytes (needs a multiple of 4, at least 4)")
     if size > MAX_MESSAGE:
         raise RoughtimeFormatError(f"message of {size} bytes is too large")
-    count = int(_U32.unpack_from(data, 0)[0])
+    count = int(_U32.unpack_from(data, start)[0])
     if count > MAX_TAGS:
         raise RoughtimeFormatError(f"message has {count} tags (at most {MAX_TAGS})")
     if count == 0:
@@ -145,23 +149,29 @@ def decode(data: bytes) -> Message:
     header = 8 * count
     if header > size:
         raise RoughtimeFormatError(f"header of {count} tags does not fit in {size} bytes")
-    fields = _HEADERS[count].unpack_from(data, 0)
+    fields = _HEADERS[count].unpack_from(data, start)
     body = size - header
-    ends = (*fields[1:count], body)
+    base = start + header
     values: dict[int, bytes] = {}
-    start = 0
+    position = 0
     previous_tag = -1
-    for this_tag, end in zip(fields[count:], ends, strict=True):
-        if end % 4 or start > end or end > body:
+    for this_tag, end in zip(fields[count:], (*fields[1:count], body), strict=True):
+        if end % 4 or position > end or end > body:
             raise RoughtimeFormatError(f"bad offset {end} in a message body of {body} bytes")
         if this_tag <= previous_tag:
             raise RoughtimeFormatError(
                 f"tag {tag_name(this_tag)} out of order or repeated (tags sort as uint32 LE)"
             )
         previous_tag = this_tag
-        values[this_tag] = data[header + start : header + end]
-        start = end
+        values[this_tag] = data[base + position : base + end]
+        position = end
     return Message(values)
+
+
+def decode_packet(packet: bytes) -> Message:
+    """The message of a framed packet (which must hold exactly one message)."""
+    check_frame(packet)
+    return decode(packet, FRAME_HEADER)
 
 
 def header(tags: Sequence[int], sizes: Sequence[int]) -> bytes:
@@ -197,8 +207,8 @@ def frame(message: bytes) -> bytes:
     return MAGIC + _U32.pack(len(message)) + message
 
 
-def unframe(packet: bytes) -> bytes:
-    """The message inside a packet; the packet must hold exactly one message."""
+def check_frame(packet: bytes) -> None:
+    """Raise unless ``packet`` is ``ROUGHTIM``, a length, and exactly that many bytes."""
     if len(packet) < FRAME_HEADER:
         raise RoughtimeFormatError(f"packet of {len(packet)} bytes is shorter than its framing")
     if packet[:8] != MAGIC:
@@ -208,6 +218,11 @@ def unframe(packet: bytes) -> bytes:
         raise RoughtimeFormatError(
             f"framing says {length} bytes, the packet holds {len(packet) - FRAME_HEADER}"
         )
+
+
+def unframe(packet: bytes) -> bytes:
+    """The message inside a packet; the packet must hold exactly one message."""
+    check_frame(packet)
     return bytes(packet[FRAME_HEADER:])
 
 

@@ -134,7 +134,7 @@ class RoughtimeServer:
         if size > MAX_REQUEST:
             return DropReason.too_long
         try:
-            request = m.decode(m.unframe(datagram))
+            request = m.decode_packet(datagram)
             nonce = request.get(m.NONC)
             kind = request.get(m.TYPE)
             offered = m.u32_list(request.get(m.VER, b""), MAX_VERSIONS, m.VER)
@@ -147,7 +147,7 @@ class RoughtimeServer:
             return DropReason.unknown_server
         for version in self.versions:
             if version in offered:
-                return Request(bytes(datagram), version, nonce)
+                return Request(datagram, version, nonce)
         return DropReason.no_common_version
 
     # --- answers ---------------------------------------------------------------
