@@ -215,9 +215,9 @@ def add_sync_command(commands: Any) -> None:
     sync.add_argument(
         "--min-agree",
         type=int,
-        default=2,
+        default=None,
         metavar="N",
-        help="sources that must agree (default 2; a step always needs 2)",
+        help="sources that must agree (default 2, or the config's; a step always needs 2)",
     )
     sync.add_argument(
         "--trust-system-clock",
@@ -249,10 +249,10 @@ def cmd_sync(
         return EXIT_USAGE
     trust = {"auto": None, "yes": True, "no": False}[args.trust_system_clock]
     try:
-        policy = Policy(min_agree=args.min_agree)
+        policy = Policy(min_agree=args.min_agree) if args.min_agree is not None else None
         clock = Clock(
             args.config or args.sources,
-            policy=None if args.config else policy,
+            policy=policy,
             timeout=args.timeout,
             ca_file=args.ca,
             state_dir=args.state_dir,

@@ -446,3 +446,38 @@ class RealMonotonicSource:
             raise QueryTimeoutError("silent")
         monotonic = time.monotonic_ns()
         return Reading(self.name, self.kind, time.time_ns() - monotonic, NS // 100, monotonic)
+
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "gnomon-clock.toml"
+
+
+def test_the_example_configuration_loads() -> None:
+    options = load_config(CONTRIB)
+    assert options["policy"] == Policy(min_agree=2)
+    assert options["trust_system_clock"] is None
+    clock = Clock(CONTRIB)
+    assert [s.name for s in clock.sources] == [
+        "nts://time.cloudflare.com",
+        "nts://nts.netnod.se",
+        "nts://ptbtime1.ptb.de",
+    ]
+    assert clock.refresh_interval == 1024
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "min_agree = 0",
+        "min_agree = 'two'",
+        "min_agree = true",
+        "tolerance_ppm = -1",
+        "timeout = 0",
+        "trust_system_clock = 'maybe'",
+        "majority_of = 'everyone'",
+    ],
+)
+def test_bad_clock_options_are_config_errors(tmp_path: Path, table: str) -> None:
+    config = tmp_path / "clock.toml"
+    config.write_text(f"sources = ['nts://a.example']\n[clock]\n{table}\n")
+    with pytest.raises(ConfigError):
+        Clock(config)

@@ -151,8 +151,25 @@ def _boot_id() -> str | None:
         return None
 
 
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "min_agree": (int,),
+    "max_falsetickers": (int,),
+    "majority_of": (str,),
+    "tolerance_ppm": (int, float),
+    "refresh_interval": (int, float),
+    "timeout": (int, float),
+    "ca_file": (str,),
+    "state_dir": (str,),
+    "trust_system_clock": (bool, str),
+}
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
-    """A TOML file: ``sources = [...]`` and an optional ``[clock]`` table of options."""
+    """A TOML file: ``sources = [...]`` and an optional ``[clock]`` table of options.
+
+    Returns the sources, the file's folder (``base_dir``), the :class:`Policy`
+    and the other options, checked (see ``contrib/gnomon-clock.toml``).
+    """
     path = Path(path)
     try:
         document = tomllib.loads(path.read_text())
@@ -166,21 +183,30 @@ def load_config(path: str | Path) -> dict[str, Any]:
     options = document.get("clock", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: [clock] must be a table")
-    known = {
-        "min_agree",
-        "max_falsetickers",
-        "majority_of",
-        "tolerance_ppm",
-        "refresh_interval",
-        "timeout",
-        "ca_file",
-        "state_dir",
-        "trust_system_clock",
-    }
-    unknown = set(options) - known
+    unknown = set(options) - set(_OPTION_TYPES)
     if unknown:
         raise ConfigError(f"{path}: unknown [clock] option {sorted(unknown)[0]!r}")
-    return {"sources": sources, "base_dir": path.parent, **options}
+    for key, value in options.items():
+        kinds = _OPTION_TYPES[key]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise ConfigError(f"{path}: [clock] {key} = {value!r} is not valid")
+    if options.get("trust_system_clock") == "auto":
+        options["trust_system_clock"] = None
+    elif isinstance(options.get("trust_system_clock"), str):
+        raise ConfigError(f'{path}: [clock] trust_system_clock is true, false or "auto"')
+    rules = {
+        k: options.pop(k) for k in ("min_agree", "max_falsetickers", "majority_of") if k in options
+    }
+    try:
+        policy = Policy(**rules)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [clock] {exc}") from None
+    if options.get("tolerance_ppm", 0) < 0:
+        raise ConfigError(f"{path}: [clock] tolerance_ppm cannot be negative")
+    for key in ("refresh_interval", "timeout"):
+        if options.get(key, 1) <= 0:
+            raise ConfigError(f"{path}: [clock] {key} must be positive")
+    return {"sources": sources, "base_dir": path.parent, "policy": policy, **options}
 
 
 class Clock:
@@ -215,13 +241,7 @@ class Clock:
             options = load_config(sources)
             listed: Iterable[str | Source] = options.pop("sources")
             base_dir = options.pop("base_dir")
-            policy = policy or Policy(
-                **{
-                    k: options[k]
-                    for k in ("min_agree", "max_falsetickers", "majority_of")
-                    if k in options
-                }
-            )
+            policy = policy or options.pop("policy")
             tolerance_ppm = float(options.get("tolerance_ppm", tolerance_ppm))
             refresh_interval = float(options.get("refresh_interval", refresh_interval))
             timeout = float(options.get("timeout", timeout))
