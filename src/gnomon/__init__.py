@@ -25,11 +25,23 @@ from .errors import (
     ProtocolError,
     QueryTimeoutError,
     ResponseMismatchError,
+    RoughtimeError,
+    RoughtimeFormatError,
+    RoughtimeServerListError,
+    RoughtimeVerificationError,
+    RoughtimeVersionError,
     TlsError,
 )
 
 if TYPE_CHECKING:
     from .client.clock import Clock, ClockStatus, TrustedTime
+    from .client.roughtime import (
+        ChainResult,
+        RoughtimeClient,
+        RoughtimeResult,
+        aquery_roughtime,
+        query_roughtime,
+    )
     from .client.session import Result, Session, aquery, query
 
 __version__ = "0.1.0"
@@ -40,6 +52,11 @@ _LAZY = {
     "Clock": "clock",
     "ClockStatus": "clock",
     "TrustedTime": "clock",
+    "ChainResult": "roughtime",
+    "RoughtimeClient": "roughtime",
+    "RoughtimeResult": "roughtime",
+    "aquery_roughtime": "roughtime",
+    "query_roughtime": "roughtime",
     "Result": "session",
     "Session": "session",
     "aquery": "session",
@@ -64,6 +81,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AuthenticationError",
     "CertificateError",
+    "ChainResult",
     "Clock",
     "ClockStatus",
     "ConfigError",
@@ -80,9 +98,18 @@ __all__ = [
     "QueryTimeoutError",
     "ResponseMismatchError",
     "Result",
+    "RoughtimeClient",
+    "RoughtimeError",
+    "RoughtimeFormatError",
+    "RoughtimeResult",
+    "RoughtimeServerListError",
+    "RoughtimeVerificationError",
+    "RoughtimeVersionError",
     "Session",
     "TlsError",
     "TrustedTime",
     "aquery",
+    "aquery_roughtime",
     "query",
+    "query_roughtime",
 ]
