@@ -1,4 +1,4 @@
-"""Runs a gnomon server process: NTS-KE and/or NTP services, keys, upstream.
+"""Runs a gnomon server process: NTS-KE, NTP and/or Roughtime services, keys, upstream.
 
 One :class:`Server` runs in one process with the roles it is given; the
 supervisor (``supervisor.py``) runs several of them on shared ports.
@@ -29,6 +29,7 @@ from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolic
 from .metrics import MULTIPROC_ENV, MetricsExporter, serve_metrics
 from .ntp import Admission, NtpService, open_ntp_socket, steer_by_source
 from .redisstore import RedisKeyStore
+from .roughtime_role import RoughtimeRole
 from .secretfiles import read_fleet_secret
 from .upstream import UpstreamPoller, local_time_source
 
@@ -53,7 +54,8 @@ RATE_LIMIT_EXPIRY = 60.0  # seconds between sweeps of the NTP rate limiter's tab
 
 
 def roles_of(config: ServerConfig) -> frozenset[str]:
-    return ROLES if config.role == "both" else frozenset({config.role})
+    roles = ROLES if config.role == "both" else frozenset({config.role})
+    return roles | {"roughtime"} if config.roughtime else roles
 
 
 def key_policy(config: ServerConfig) -> RotationPolicy:
@@ -108,6 +110,7 @@ class Server:
     bound_ntp_port: int = 0
     bound_ke_port: int = 0
     clock: Callable[[], float] = time.monotonic  # certificate checks and upstream hold
+    roughtime: RoughtimeRole | None = None
 
     def __post_init__(self) -> None:
         config = self.config
@@ -156,6 +159,8 @@ class Server:
                 acl=self.acl,
                 rate_limiter=KeRateLimiter(config.ke_rate_interval, config.ke_rate_burst),
             )
+        if "roughtime" in self.roles:
+            self.roughtime = RoughtimeRole(config, self.acl, initial_time_source(config))
         self._stop: asyncio.Event | None = None
         self.poller: UpstreamPoller | None = None
 
@@ -166,6 +171,8 @@ class Server:
 
     def publish_time_source(self, source: TimeSource) -> None:
         self.ntp.time_source = source
+        if self.roughtime is not None:
+            self.roughtime.clock.source = source
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (from the event loop's thread)."""
@@ -210,12 +217,15 @@ class Server:
                     ke_port = server.sockets[0].getsockname()[1]
                     servers.append(server)
                 self.bound_ke_port = ke_port
+            if self.roughtime is not None:
+                sockets += self.roughtime.open(loop, self.reuse_port)
+                tasks.append(asyncio.create_task(self.roughtime.maintain()))
             if config.user is not None:
                 drop_privileges(config.user)
             tasks.append(asyncio.create_task(self._rotate_keys()))
             if self.ntp_limiter is not None and "ntp" in self.roles:
                 tasks.append(asyncio.create_task(self._expire_rate_limits(self.ntp_limiter)))
-            if config.upstream and "ntp" in self.roles:
+            if config.upstream and ("ntp" in self.roles or "roughtime" in self.roles):
                 host, port = split_host_port(config.upstream, 123)
                 self.poller = UpstreamPoller(
                     host,
@@ -235,11 +245,12 @@ class Server:
                 with contextlib.suppress(RuntimeError, ValueError):
                     loop.add_signal_handler(signum, self._stop.set)
             log.info(
-                "serving %s on %s (NTS-KE port %d, NTP port %d)",
+                "serving %s on %s (NTS-KE port %d, NTP port %d%s)",
                 "+".join(sorted(self.roles)),
                 ", ".join(config.listen),
                 self.bound_ke_port,
                 self.bound_ntp_port,
+                "" if self.roughtime is None else f", Roughtime port {self.roughtime.bound_port}",
             )
             if self.ready is not None:
                 self.ready(self)
@@ -251,6 +262,8 @@ class Server:
                 task.cancel()
             for service in self.ntp_services:
                 service.detach(loop)
+            if self.roughtime is not None:
+                self.roughtime.close(loop)
             for sock in sockets:
                 sock.close()
             for server in servers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ from .config import EXAMPLE, ServerConfig, check_files, load_config
 from .logs import configure_logging
 from .secretfiles import read_fleet_secret
 
+DEMO_ROUGHTIME_RADIUS = 10  # seconds; the demo's clock is the machine's, unverified
+
 
 def add_server_commands(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run an NTS server (NTS-KE and NTP)")
@@ -30,6 +33,7 @@ def add_server_commands(commands: Any) -> None:
     )
     serve.add_argument("--ke-port", type=int, help="override the NTS-KE port")
     serve.add_argument("--ntp-port", type=int, help="override the NTP port")
+    serve.add_argument("--roughtime-port", type=int, help="override the Roughtime port")
     serve.add_argument(
         "--ready-file", metavar="FILE", help="write bound ports as JSON here once serving"
     )
@@ -82,9 +86,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         check_files(config)
         check_addresses(config)  # not the ports: a running server may hold them
 
-        if config.role != "ntp":
+        if config.role in ("both", "ke"):
             assert config.certificate is not None and config.key is not None
             load_server_context(config.certificate, config.key)
+        if config.roughtime:
+            from .roughtime_role import check_roughtime_keys
+
+            check_roughtime_keys(config)
         if config.key_store == "file" and config.key_path is not None:
             FileKeyStore(config.key_path, user=config.user)
         if config.key_store == "redis":
@@ -99,6 +107,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
     from ..certs import make_demo_pki
+    from .roughtime_keys import demo_long_term_key
 
     pki = make_demo_pki(directory)
     return ServerConfig(
@@ -108,6 +117,11 @@ def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
         certificate=pki.cert_chain,
         key=pki.key,
         local_stratum=None,
+        # Roughtime from the local clock with a wide radius: no upstream vouches for it.
+        roughtime=True,
+        roughtime_port=args.roughtime_port if args.roughtime_port is not None else 12002,
+        roughtime_long_term_key=demo_long_term_key(directory),
+        roughtime_local_clock_radius=DEMO_ROUGHTIME_RADIUS,
     )
 
 
@@ -124,6 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     config = replace(config, ke_port=args.ke_port)
                 if args.ntp_port is not None:
                     config = replace(config, ntp_port=args.ntp_port)
+                if args.roughtime_port is not None:
+                    config = replace(config, roughtime_port=args.roughtime_port)
             else:
                 raise ConfigError("give --config FILE, or --demo for a loopback demonstration")
             if args.workers is not None:
@@ -136,12 +152,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 config = replace(config, ke_workers=args.ke_workers)
 
             def ready(info: dict[str, object]) -> None:
+                if config.roughtime:
+                    from .roughtime_role import check_roughtime_keys
+
+                    public = base64.b64encode(check_roughtime_keys(config)).decode()
+                    info["roughtime_public_key"] = public
                 if args.demo:
                     ca = info["ca"] = str(Path(scratch) / "ca.pem")
                     print(
                         "gnomon demo server on 127.0.0.1 and ::1 "
-                        f"(NTS-KE port {info['ke_port']}, NTP port {info['ntp_port']}).\n"
-                        f"Query it:  gnomon query --ca {ca} localhost:{info['ke_port']}",
+                        f"(NTS-KE port {info['ke_port']}, NTP port {info['ntp_port']}, "
+                        f"Roughtime port {info['roughtime_port']}).\n"
+                        f"Query it:  gnomon query --ca {ca} localhost:{info['ke_port']}\n"
+                        f"           gnomon roughtime 127.0.0.1:{info['roughtime_port']} "
+                        f"--key {info['roughtime_public_key']}\n"
+                        f"(Roughtime answers from this machine's clock with a radius of "
+                        f"{DEMO_ROUGHTIME_RADIUS} s: a demo, no upstream vouches for it)",
                         flush=True,
                     )
                 if args.ready_file:
@@ -173,6 +199,7 @@ def run_server(
             info: dict[str, object] = {
                 "ke_port": server.bound_ke_port,
                 "ntp_port": server.bound_ntp_port,
+                "roughtime_port": server.roughtime.bound_port if server.roughtime else None,
                 "pids": {"all": os.getpid()},
             }
             ready(info)
@@ -184,7 +211,7 @@ def run_server(
     from .supervisor import Supervisor
 
     # Workers start in fresh processes: find bad files here, where one line can say so.
-    if config.role != "ntp":
+    if config.role in ("both", "ke"):
         assert config.certificate is not None and config.key is not None
         load_server_context(config.certificate, config.key)
     if config.user is not None and config.key_store == "file" and config.key_path is not None:
@@ -193,13 +220,18 @@ def run_server(
         folder = config.key_path.parent
         if folder.stat().st_uid != pwd.getpwnam(config.user).pw_uid:
             raise ConfigError(f"{folder} (keys.path) must belong to server.user {config.user!r}")
+    if config.roughtime:
+        from .roughtime_role import check_roughtime_keys
+
+        check_roughtime_keys(config)
     check_key_store(config)
 
     set_process_title("gnomon: supervisor", "gnomon-super")
     Supervisor(
         config,
-        ntp_workers=0 if config.role == "ke" else config.workers,
-        ke_workers=0 if config.role == "ntp" else config.ke_workers,
+        ntp_workers=config.workers if config.role in ("both", "ntp") else 0,
+        ke_workers=config.ke_workers if config.role in ("both", "ke") else 0,
+        roughtime_workers=config.roughtime_workers if config.roughtime else 0,
         log_level=level,
         log_format=log_format,
         on_ready=ready,

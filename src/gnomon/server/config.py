@@ -23,7 +23,7 @@ from ..proto.nts.ke import parse_server_name
 EXAMPLE = """\
 # gnomon server configuration
 [server]
-role = "both"                # "both", "ke" (NTS-KE only) or "ntp" (NTP only)
+role = "both"                # "both", "ke" (NTS-KE), "ntp" (NTP) or "roughtime" (only Roughtime)
 listen = ["0.0.0.0", "::"]   # addresses for NTP and NTS-KE
 ntp_port = 123
 ke_port = 4460
@@ -58,6 +58,22 @@ hold = 300                     # seconds without upstream before going unsynchro
 [ke]
 timeout = 5.0
 max_connections = 256
+
+[roughtime]                  # Roughtime (RFC 10049) over UDP, beside NTS
+enabled = false
+port = 2002
+# listen = ["0.0.0.0", "::"]                      # default: server.listen
+long_term_key = "/etc/gnomon/roughtime.key"       # gnomon roughtime keygen; mode 0600
+# delegations = "/etc/gnomon/roughtime-online.json"  # instead: long-term key kept offline
+delegation_period = 86400    # long_term_key: each online key is delegated for this long (s)
+min_radius = 1               # seconds; 3 at least when [time] has no upstream (no leap seconds)
+max_batch = 64               # requests answered with one signature at most
+max_wait = 0.001             # seconds a request may wait for others to share its signature
+workers = 1                  # Roughtime processes sharing the port
+rate_limit = false           # per client address (/32, /64), as limits.ntp_rate_*
+rate_interval = 1.0
+rate_burst = 16
+# local_clock_radius = 10    # demos and tests only: answer from the local clock unsynchronised
 
 [metrics]
 # listen = "127.0.0.1:9123"  # Prometheus /metrics (and `gnomon status`); off when unset
@@ -110,6 +126,24 @@ class ServerConfig:
     ntp_rate_max_clients: int = 65_536
     ke_rate_interval: float = 6.0
     ke_rate_burst: int = 20
+    roughtime: bool = False
+    roughtime_port: int = 2002
+    roughtime_listen: tuple[str, ...] | None = None  # None: listen
+    roughtime_long_term_key: Path | None = None
+    roughtime_delegations: Path | None = None
+    roughtime_delegation_period: int = 86_400
+    roughtime_min_radius: int = 1
+    roughtime_max_batch: int = 64
+    roughtime_max_wait: float = 0.001
+    roughtime_workers: int = 1
+    roughtime_rate_limit: bool = False
+    roughtime_rate_interval: float = 1.0
+    roughtime_rate_burst: int = 16
+    roughtime_local_clock_radius: int | None = None
+
+    @property
+    def roughtime_addresses(self) -> tuple[str, ...]:
+        return self.roughtime_listen if self.roughtime_listen is not None else self.listen
 
 
 _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
@@ -144,6 +178,22 @@ _SCHEMA: dict[str, dict[str, tuple[str, type | tuple[type, ...]]]] = {
         "hold": ("hold", (int, float)),
     },
     "ke": {"timeout": ("ke_timeout", (int, float)), "max_connections": ("ke_max_connections", int)},
+    "roughtime": {
+        "enabled": ("roughtime", bool),
+        "port": ("roughtime_port", int),
+        "listen": ("roughtime_listen", list),
+        "long_term_key": ("roughtime_long_term_key", str),
+        "delegations": ("roughtime_delegations", str),
+        "delegation_period": ("roughtime_delegation_period", int),
+        "min_radius": ("roughtime_min_radius", int),
+        "max_batch": ("roughtime_max_batch", int),
+        "max_wait": ("roughtime_max_wait", (int, float)),
+        "workers": ("roughtime_workers", int),
+        "rate_limit": ("roughtime_rate_limit", bool),
+        "rate_interval": ("roughtime_rate_interval", (int, float)),
+        "rate_burst": ("roughtime_rate_burst", int),
+        "local_clock_radius": ("roughtime_local_clock_radius", int),
+    },
     "metrics": {"listen": ("metrics_listen", str)},
     "limits": {
         "allow": ("allow", list),
@@ -193,20 +243,21 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
             value = values.get(attribute)
             if kind == (int, float) and isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{source}: {section}.{key} must be a finite number")
-    if "listen" in values:
-        listen = values["listen"]
-        if not listen:
-            raise ConfigError(f"{source}: server.listen is empty")
-        for address in listen:
-            if not isinstance(address, str):
-                raise ConfigError(f"{source}: server.listen: {address!r} is not an IP address")
-            try:
-                ipaddress.ip_address(address)
-            except (ValueError, TypeError):
-                raise ConfigError(
-                    f"{source}: server.listen: {address!r} is not an IP address"
-                ) from None
-        values["listen"] = tuple(listen)
+    for name, attribute in (("server.listen", "listen"), ("roughtime.listen", "roughtime_listen")):
+        if attribute in values:
+            listen = values[attribute]
+            if not listen:
+                raise ConfigError(f"{source}: {name} is empty")
+            for address in listen:
+                if not isinstance(address, str):
+                    raise ConfigError(f"{source}: {name}: {address!r} is not an IP address")
+                try:
+                    ipaddress.ip_address(address)
+                except (ValueError, TypeError):
+                    raise ConfigError(
+                        f"{source}: {name}: {address!r} is not an IP address"
+                    ) from None
+            values[attribute] = tuple(listen)
     for name, attribute in (("server.ntp_port", "ntp_port"), ("server.ke_port", "ke_port")):
         if attribute in values:
             _check_port(f"{source}: {name}", values[attribute], allow_zero=True)
@@ -218,7 +269,15 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
         if not aeads or bad:
             raise ConfigError(f"{source}: nts.aeads must list ids among {sorted(ALGORITHMS)}")
         values["aeads"] = tuple(aeads)
-    for attribute in ("certificate", "key", "key_path", "fleet_secret_file"):
+    _validate_roughtime(values, source)
+    for attribute in (
+        "certificate",
+        "key",
+        "key_path",
+        "fleet_secret_file",
+        "roughtime_long_term_key",
+        "roughtime_delegations",
+    ):
         if attribute in values:
             values[attribute] = Path(values[attribute])
     if values.get("rotation_period", 86_400) < 10:
@@ -277,12 +336,18 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
             pwd.getpwnam(values["user"])
         except KeyError:
             raise ConfigError(f"{source}: server.user: no user {values['user']!r}") from None
-    if values.get("role", "both") not in ("both", "ke", "ntp"):
-        raise ConfigError(f'{source}: server.role must be "both", "ke" or "ntp"')
+    if values.get("role", "both") not in ("both", "ke", "ntp", "roughtime"):
+        raise ConfigError(f'{source}: server.role must be "both", "ke", "ntp" or "roughtime"')
+    if values.get("role") == "roughtime":
+        values["roughtime"] = True
     if values.get("key_store", "file") not in ("file", "redis"):
         raise ConfigError(f'{source}: keys.store must be "file" or "redis"')
     config = ServerConfig(**values)
-    if config.role != "ntp" and (config.certificate is None or config.key is None):
+    if config.roughtime and (config.roughtime_long_term_key is None) == (
+        config.roughtime_delegations is None
+    ):
+        raise ConfigError(f"{source}: [roughtime] needs long_term_key or delegations (one of them)")
+    if config.role in ("both", "ke") and (config.certificate is None or config.key is None):
         raise ConfigError(f"{source}: tls.certificate and tls.key are required for NTS-KE")
     if config.role == "ke" and config.advertised_server is None:
         raise ConfigError(
@@ -301,6 +366,27 @@ def validate(values: dict[str, Any], source: str = "config") -> ServerConfig:
         if not config.fleet or " " in config.fleet:
             raise ConfigError(f"{source}: keys.fleet must be a name without spaces")
     return config
+
+
+def _validate_roughtime(values: dict[str, Any], source: str) -> None:
+    """The [roughtime] values that have a range."""
+    if "roughtime_port" in values:
+        _check_port(f"{source}: roughtime.port", values["roughtime_port"], allow_zero=True)
+    bounds = {
+        "roughtime_delegation_period": ("delegation_period", 600, 366 * 86400),
+        "roughtime_min_radius": ("min_radius", 1, 86400),
+        "roughtime_max_batch": ("max_batch", 1, 1024),
+        "roughtime_workers": ("workers", 1, 256),
+        "roughtime_rate_burst": ("rate_burst", 1, 1 << 20),
+        "roughtime_local_clock_radius": ("local_clock_radius", 1, 86400),
+    }
+    for attribute, (name, low, high) in bounds.items():
+        if attribute in values and not low <= values[attribute] <= high:
+            raise ConfigError(f"{source}: roughtime.{name} must be between {low} and {high}")
+    if not 0 <= values.get("roughtime_max_wait", 0) <= 1:
+        raise ConfigError(f"{source}: roughtime.max_wait must be between 0 and 1 second")
+    if values.get("roughtime_rate_interval", 1) <= 0:
+        raise ConfigError(f"{source}: roughtime.rate_interval must be positive")
 
 
 def split_host_port(spec: str, default_port: int) -> tuple[str, int]:
@@ -352,6 +438,8 @@ def check_files(config: ServerConfig) -> None:
         ("tls.key", config.key),
         ("keys.path", config.key_path),
         ("keys.fleet_secret_file", config.fleet_secret_file),
+        ("roughtime.long_term_key", config.roughtime_long_term_key),
+        ("roughtime.delegations", config.roughtime_delegations),
     ):
         if path is not None:
             _check_regular(path, what)

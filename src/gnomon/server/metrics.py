@@ -43,6 +43,10 @@ _GAUGES: dict[str, tuple[str, _Mode]] = {
     "gnomon_synchronized": ("1 if the server announces a synchronised clock", "livemin"),
     "gnomon_stratum": ("Stratum announced", "livemax"),
     "gnomon_upstream_offset_seconds": ("Offset to the upstream at the last poll", "livemax"),
+    "gnomon_roughtime_delegation_expiry_timestamp_seconds": (
+        "When the Roughtime online key in force stops being delegated (Unix time)",
+        "livemin",
+    ),
     "gnomon_certificate_expiry_timestamp_seconds": (
         "When the NTS-KE certificate expires (Unix time)",
         "livemin",
@@ -59,6 +63,12 @@ class _Instruments:
 
         self.ntp = Counter("gnomon_ntp_requests", "NTP requests by outcome", ["outcome"])
         self.ke = Counter("gnomon_ke_connections", "NTS-KE connections by outcome", ["outcome"])
+        self.roughtime = Counter(
+            "gnomon_roughtime_requests", "Roughtime requests by outcome", ["outcome"]
+        )
+        self.roughtime_batches = Counter(
+            "gnomon_roughtime_batches", "Roughtime batches signed (one signature per version)"
+        )
         self._gauges: dict[str, Any] = {}
 
     def set(self, name: str, value: float) -> None:
@@ -101,6 +111,22 @@ class MetricsExporter:
                 metrics.set("gnomon_ntp_rate_limit_clients", len(server.ntp_limiter))
             if server.poller is not None and server.poller.last_offset is not None:
                 metrics.set("gnomon_upstream_offset_seconds", server.poller.last_offset)
+        roughtime = server.roughtime
+        if roughtime is not None:
+            self._count(metrics.roughtime, "roughtime", roughtime.counts())
+            batches = roughtime.batches
+            before = self._seen.get(("roughtime", "batches"), 0)
+            if batches > before:
+                metrics.roughtime_batches.inc(batches - before)
+            self._seen[("roughtime", "batches")] = batches
+            if "ntp" not in server.roles:
+                source = roughtime.clock.source
+                synchronized = source.leap != 3 and 1 <= source.stratum < 16
+                metrics.set("gnomon_synchronized", 1 if synchronized else 0)
+                metrics.set("gnomon_stratum", source.stratum)
+            end = roughtime.delegation_end
+            if end is not None:
+                metrics.set("gnomon_roughtime_delegation_expiry_timestamp_seconds", end)
         ke = server.ke_service
         if ke is not None:
             self._count(metrics.ke, "ke", {**server.ke.counters.as_dict(), **ke.stats()})

@@ -20,6 +20,7 @@ _SERVICES = (
     # (port attribute, setting, socket type, what, role)
     ("ntp_port", "server.ntp_port", socket.SOCK_DGRAM, "NTP (UDP)", "ntp"),
     ("ke_port", "server.ke_port", socket.SOCK_STREAM, "NTS-KE (TCP)", "ke"),
+    ("roughtime_port", "roughtime.port", socket.SOCK_DGRAM, "Roughtime (UDP)", "roughtime"),
 )
 
 
@@ -53,12 +54,19 @@ def bind(host: str, port: int, kind: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _services(config: ServerConfig) -> list[tuple[str, str, int, str]]:
-    return [
-        (attribute, setting, kind, what)
-        for attribute, setting, kind, what, role in _SERVICES
-        if config.role in ("both", role)
-    ]
+def _services(config: ServerConfig) -> list[tuple[str, str, int, str, tuple[str, ...]]]:
+    """(port attribute, settings to name, socket type, what, addresses) of each service."""
+    services: list[tuple[str, str, int, str, tuple[str, ...]]] = []
+    for attribute, setting, kind, what, role in _SERVICES:
+        if role == "roughtime":
+            if config.roughtime:
+                listen = "roughtime.listen" if config.roughtime_listen else "server.listen"
+                services.append(
+                    (attribute, f"{listen}, {setting}", kind, what, config.roughtime_addresses)
+                )
+        elif config.role in ("both", role):
+            services.append((attribute, f"server.listen, {setting}", kind, what, config.listen))
+    return services
 
 
 def _bind_or_explain(
@@ -77,19 +85,22 @@ def check_ports(config: ServerConfig) -> None:
     still shows whether the address is this host's); ConfigError naming the setting
     when one cannot be had. Without ``SO_REUSEPORT``, so that another server already
     on the port (even another gnomon) is found too."""
-    for attribute, setting, kind, what in _services(config):
+    for attribute, settings, kind, what, addresses in _services(config):
         port = getattr(config, attribute)
-        for host in config.listen:
-            settings = f"server.listen, {setting}"
+        for host in addresses:
             _bind_or_explain(host, port, kind, settings, what, reuse_port=False).close()
 
 
 def check_addresses(config: ServerConfig) -> None:
     """Every listen address is one of this host's (what check-config can know while
     another server may hold the ports): binds port 0 of each, ConfigError if not."""
-    for _, _, kind, what in _services(config)[:1]:  # one family check per address
-        for host in config.listen:
-            _bind_or_explain(host, 0, kind, "server.listen", what, reuse_port=False).close()
+    checked = set()
+    for _, settings, kind, what, addresses in _services(config):
+        for host in addresses:
+            if host not in checked:  # one family check per address
+                checked.add(host)
+                listen = settings.split(",")[0]
+                _bind_or_explain(host, 0, kind, listen, what, reuse_port=False).close()
 
 
 def reserve_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.socket]]:
@@ -97,13 +108,12 @@ def reserve_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.socke
     configuration with those ports, and the sockets holding them until the workers
     have bound theirs."""
     held: list[socket.socket] = []
-    ports = {"ntp_port": config.ntp_port, "ke_port": config.ke_port}
+    ports = {a: getattr(config, a) for a in ("ntp_port", "ke_port", "roughtime_port")}
     try:
-        for attribute, setting, kind, what in _services(config):
+        for attribute, settings, kind, what, addresses in _services(config):
             if ports[attribute] != 0:
                 continue
-            settings = f"server.listen, {setting}"
-            for host in config.listen:
+            for host in addresses:
                 port = ports[attribute]
                 sock = _bind_or_explain(host, port, kind, settings, what, reuse_port=True)
                 held.append(sock)
@@ -113,4 +123,4 @@ def reserve_ports(config: ServerConfig) -> tuple[ServerConfig, list[socket.socke
             with contextlib.suppress(OSError):
                 sock.close()
         raise
-    return replace(config, ntp_port=ports["ntp_port"], ke_port=ports["ke_port"]), held
+    return replace(config, **ports), held

@@ -50,6 +50,18 @@ def summarize(values: dict[str, dict[str, float]]) -> str:
     if ke:
         lines.append("NTS-KE:      " + ", ".join(f"{k} {int(v)}" for k, v in sorted(ke.items())))
         lines.append(f"             {int(one('gnomon_ke_in_flight') or 0)} in flight")
+    roughtime = values.get("gnomon_roughtime_requests_total", {})
+    if roughtime:
+        counts = ", ".join(f"{k} {int(v)}" for k, v in sorted(roughtime.items()))
+        lines.append(f"Roughtime:   {counts}")
+        batches = int(one("gnomon_roughtime_batches_total") or 0)
+        answered = int(roughtime.get("answered", 0))
+        per = f" ({answered / batches:.1f} responses per batch)" if batches else ""
+        lines.append(f"             {batches} batches signed{per}")
+    delegation = one("gnomon_roughtime_delegation_expiry_timestamp_seconds")
+    if delegation is not None:
+        hours = (delegation - time.time()) / 3600
+        lines.append(f"Roughtime key: online key delegated for {hours:.1f} h more")
     key_id = one("gnomon_cookie_key_id")
     if key_id is not None:
         age = one("gnomon_cookie_key_age_seconds") or 0.0

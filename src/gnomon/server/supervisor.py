@@ -75,7 +75,8 @@ class _Worker:
 
 
 class Supervisor:
-    """Starts ``ntp_workers`` NTP and ``ke_workers`` NTS-KE processes and keeps them alive."""
+    """Starts ``ntp_workers`` NTP, ``ke_workers`` NTS-KE and ``roughtime_workers``
+    Roughtime processes and keeps them alive."""
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class Supervisor:
         *,
         ntp_workers: int = 1,
         ke_workers: int = 1,
+        roughtime_workers: int = 0,
         log_level: int = logging.INFO,
         log_format: str = "text",
         on_ready: Callable[[dict[str, object]], None] | None = None,
@@ -94,6 +96,7 @@ class Supervisor:
         # NTS-KE first: a client NAKed by a fresh NTP worker must find KE listening.
         self.workers = [_Worker("ke", i) for i in range(ke_workers)]
         self.workers += [_Worker("ntp", i) for i in range(ntp_workers)]
+        self.workers += [_Worker("roughtime", i) for i in range(roughtime_workers)]
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
         self.restarts = 0
@@ -165,6 +168,7 @@ class Supervisor:
             info: dict[str, object] = {
                 "ke_port": self.config.ke_port,
                 "ntp_port": self.config.ntp_port,
+                "roughtime_port": self.config.roughtime_port if self.config.roughtime else None,
                 "pids": {f"{w.role}-{w.index}": w.process.pid for w in self.workers if w.process},
                 "supervisor": os.getpid(),
             }
