@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
-import time
 
 import pytest
 from OpenSSL import SSL
@@ -18,6 +18,8 @@ from gnomon.proto.nts.client import Association
 from gnomon.proto.nts.cookie import CookieCodec, CookieKey
 from gnomon.proto.nts.ke import MAX_COOKIES, ErrorCode, Record, RecordStream, RecordType
 from gnomon.proto.nts.ke_server import KeResponder
+from gnomon.server.ke import KeService
+from gnomon.server.keconnection import KeOutcome, KeServerState
 from gnomon.tls import TlsEngine
 
 from .helpers import (
@@ -200,34 +202,67 @@ async def test_server_and_port_records_from_config(pki: DemoPki) -> None:
 # --- timeouts and connection limits ---------------------------------------------------------
 
 
-def _idle_then_served(ke_port: int, handshake_first: bool) -> tuple[float, float]:
-    """(seconds a full exchange took meanwhile, seconds until the idle one was dropped)."""
-    with RawKeClient(ke_port) as idle:
-        if handshake_first:
-            idle.handshake()
-        start = time.monotonic()
-        outcome = ke_request(ke_port, GOOD)
-        served = time.monotonic() - start
-        assert len(cookies(outcome.records)) == MAX_COOKIES
-        dropped = wait_closed(idle.sock, 5.0) + served
-    return served, dropped
+class ManualClock:
+    """The KE service's clock in a test: time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _manual_clock(server: object) -> tuple[KeService, ManualClock]:
+    service = server.ke_service  # type: ignore[attr-defined]
+    assert service is not None and service.active == 0  # before any connection
+    clock = ManualClock()
+    service.clock = clock
+    return service, clock
+
+
+def _still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
 
 
 @pytest.mark.parametrize("handshake_first", [False, True], ids=["silent", "after-handshake"])
 async def test_idle_client_is_dropped_and_does_not_block_others(
     pki: DemoPki, handshake_first: bool
 ) -> None:
-    async with running_server(base_config(pki, ke_timeout=0.5)) as server:
-        served, dropped = await asyncio.to_thread(
-            _idle_then_served, server.bound_ke_port, handshake_first
-        )
-        assert server.ke_service.timeouts >= 1
-    assert served < 0.4  # answered while the idle client still held its slot
-    assert 0.3 < dropped < 3.0
+    async with running_server(base_config(pki, ke_timeout=5.0)) as server:
+        service, clock = _manual_clock(server)
+        port = server.bound_ke_port
+        with RawKeClient(port) as idle:
+            if handshake_first:
+                await asyncio.to_thread(idle.handshake)
+            await _wait_active(server, 1)
+            outcome = await asyncio.to_thread(ke_request, port, GOOD)
+            assert len(cookies(outcome.records)) == MAX_COOKIES
+            await _wait_active(server, 1)  # answered while the idle client held its slot
+            clock.advance(4.9)
+            service.expire()
+            assert _still_open(idle.sock) and service.timeouts == 0
+            clock.advance(0.2)
+            service.expire()
+            assert service.timeouts == 1 and service.active == 0
+            assert await asyncio.to_thread(wait_closed, idle.sock, 2.0) < 2.0
 
 
 async def _wait_active(server: object, count: int) -> None:
-    service = server.ke_service  # type: ignore[attr-defined]
+    await _wait_service_active(server.ke_service, count)  # type: ignore[attr-defined]
+
+
+async def _wait_service_active(service: KeService, count: int) -> None:
     async with asyncio.timeout(5):
         while service.active != count:
             await asyncio.sleep(0.01)
@@ -307,26 +342,24 @@ async def test_server_issues_no_resumable_session(pki: DemoPki) -> None:
 # --- the write path: a peer that takes the response slowly --------------------------------
 
 
-class _BigOutput:
-    """Stands in for a TLS engine with more to send than a socket buffer takes at once."""
+class _BigResponse:
+    """Stands in for a connection whose response is more than a socket buffer takes."""
+
+    state = KeServerState.CLOSED
+    outcome = KeOutcome.RESPONSE
+    deadline = 0.0
 
     def __init__(self, data: bytes) -> None:
         self.data = data
 
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def outgoing(self) -> bytes:
+    def data_to_send(self) -> bytes:
         data, self.data = self.data, b""
         return data
 
 
 async def test_response_larger_than_the_socket_buffer_is_written_in_full(pki: DemoPki) -> None:
     from gnomon.server.certificates import CertificateSource
-    from gnomon.server.ke import KeLimits, KeService, _KeConnection
+    from gnomon.server.ke import KeLimits, _KeSocket
 
     service = KeService(
         KeResponder(lambda _unix_ns: CookieCodec(CookieKey(1, bytes(16)))),
@@ -339,13 +372,13 @@ async def test_response_larger_than_the_socket_buffer_is_written_in_full(pki: De
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         fd = ours.detach()
         os.set_blocking(fd, False)
-        connection = _KeConnection(service, fd, time.monotonic() + 5.0)
-        service._connections[fd] = connection
-        service.active += 1
         payload = os.urandom(1 << 20)
-        connection.engine = _BigOutput(payload)  # type: ignore[assignment]
-        connection._respond(b"")
-        assert connection.pending  # the socket took part of it
+        sock = _KeSocket(service, fd, _BigResponse(payload))  # type: ignore[arg-type]
+        service._connections[fd] = sock
+        service.active += 1
+        sock.watch(select.EPOLLIN)
+        sock.send()
+        assert sock.pending  # the socket took part of it
         assert service.active == 1  # still open until the rest is written
 
         def read_all() -> bytes:
@@ -353,14 +386,16 @@ async def test_response_larger_than_the_socket_buffer_is_written_in_full(pki: De
             chunks = []
             while chunk := theirs.recv(65536):
                 chunks.append(chunk)
+            theirs.close()  # after the server's end of stream, as a client does
             return b"".join(chunks)
 
         received = await asyncio.to_thread(read_all)
+        await _wait_service_active(service, 0)  # closed once the client closed
     finally:
         theirs.close()
         listener.close()
-    assert received == payload  # all of it, in order, then the close
-    assert service.active == 0
+        service.close()
+    assert received == payload  # all of it, in order, then the end of the stream
 
 
 # --- cipher suite: the server's choice ------------------------------------------------------
@@ -393,15 +428,13 @@ async def test_server_chooses_the_cipher_suite(
 
 
 async def test_stopping_the_server_closes_open_connections(pki: DemoPki) -> None:
-    config = base_config(pki, ke_timeout=60.0)
-    async with running_server(config) as server:
+    async with running_server(base_config(pki, ke_timeout=60.0)) as server:
+        service, _ = _manual_clock(server)  # time stands still: no deadline can close it
         idle = socket.create_connection((LOOPBACK, server.bound_ke_port))
-        await asyncio.sleep(0.2)  # accepted, waiting for a ClientHello
-        assert server.ke_service is not None and server.ke_service.active == 1
-        service = server.ke_service
+        await _wait_active(server, 1)  # accepted, waiting for a ClientHello
     try:
-        # Closed at once, not after the 60 s deadline.
+        # Closed by the stop, at once.
         assert await asyncio.to_thread(wait_closed, idle, 2.0) < 2.0
-        assert service.active == 0
+        assert service.active == 0 and service.timeouts == 0
     finally:
         idle.close()

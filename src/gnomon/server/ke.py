@@ -1,8 +1,12 @@
 """The NTS-KE service: TLS 1.3 over non-blocking sockets in the asyncio loop.
 
-pyOpenSSL runs over memory BIOs (``TlsEngine``), so no thread is needed per
-connection. Every connection has one deadline for handshake and request;
-the number of connections is capped; the response goes out in one write.
+Each connection's protocol (TLS over memory BIOs, ALPN, record framing, the
+responder, what its deadline means) is a sans-I/O
+:class:`~gnomon.server.keconnection.KeServerConnection`; this module only
+moves its bytes, so no thread is needed per connection. It keeps the
+descriptors, their readiness and the deadlines (one per connection, for
+handshake and request, read from :attr:`KeService.clock`); the number of
+connections is capped; the response goes out in one write.
 
 A connection costs a few hundred microseconds of TLS and responder work, so
 the path around it is kept short: accepted sockets are raw file descriptors
@@ -24,16 +28,14 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import GnomonError, KeProtocolError
 from ..proto.acl import Acl
-from ..proto.nts.cookie import RANDOM_LEN
-from ..proto.nts.ke import ErrorCode, RecordStream
 from ..proto.nts.ke_server import KeResponder
 from ..proto.ratelimit import KeRateLimiter
-from ..tls import ALPN_NTSKE, TlsEngine
 from .certificates import CertificateSource
+from .keconnection import KeOutcome, KeServerConnection, KeServerState
 
 log = logging.getLogger("gnomon.ke")
 
@@ -44,6 +46,7 @@ _ACCEPT_PAUSE = 1.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
+_CLOSED = KeServerState.CLOSED
 
 
 @dataclass
@@ -62,8 +65,10 @@ class KeService:
         *,
         acl: Acl | None = None,
         rate_limiter: KeRateLimiter | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.responder = responder
+        self.clock = clock  # deadlines and rate limits; a test may set its own
         self.certificates = certificates
         self.limits = limits
         self.acl = None if acl is None or acl.unrestricted else acl
@@ -74,8 +79,9 @@ class KeService:
         self.rate_limited = 0
         self.timeouts = 0
         self.tls_failures = 0
-        self._connections: dict[int, _KeConnection] = {}  # by file descriptor
-        self._deadlines: collections.deque[_KeConnection] = collections.deque()
+        self.no_request = 0  # TLS done, then closed without a request (health checks)
+        self._connections: dict[int, _KeSocket] = {}  # by file descriptor
+        self._deadlines: collections.deque[_KeSocket] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._epoll: select.epoll | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -87,6 +93,7 @@ class KeService:
             "over_capacity": self.rejected,
             "denied": self.denied,
             "rate_limited": self.rate_limited,
+            "no_request": self.no_request,
         }
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
@@ -121,8 +128,8 @@ class KeService:
     def close(self) -> None:
         """Drop every open connection and stop watching them (listeners are closed
         through the servers :meth:`listen` returned)."""
-        for connection in list(self._connections.values()):
-            connection.close(abort=True)
+        for sock in list(self._connections.values()):
+            sock.close()
         self._deadlines.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -139,6 +146,7 @@ class KeService:
         limits = self.limits
         acl = self.acl
         limiter = self.rate_limiter
+        now = self.clock()
         for _ in range(_ACCEPT_BATCH):
             try:
                 # socket.accept() is this plus a socket object around the descriptor.
@@ -165,7 +173,7 @@ class KeService:
                     self.denied += 1
                     _close(fd)
                     continue
-                if limiter is not None and not limiter.allow_host(host, time.monotonic()):
+                if limiter is not None and not limiter.allow_host(host, now):
                     self.rate_limited += 1
                     _close(fd)
                     continue
@@ -175,23 +183,34 @@ class KeService:
                 continue
             try:
                 os.set_blocking(fd, False)
-                connection = _KeConnection(self, fd, time.monotonic() + limits.timeout)
+                sock = _KeSocket(
+                    self,
+                    fd,
+                    KeServerConnection(
+                        self.certificates.context(),
+                        self.responder,
+                        deadline=now + limits.timeout,
+                        unix_ns=time.time_ns,
+                        randomness=os.urandom,
+                        max_message=limits.max_message,
+                    ),
+                )
             except Exception:
                 log.exception("NTS-KE connection not set up")
                 _close(fd)
                 continue
             self.active += 1
-            self._connections[fd] = connection
+            self._connections[fd] = sock
             deadlines = self._deadlines
             while deadlines and deadlines[0].fd < 0:  # done with: only the timer kept them
                 deadlines.popleft()
-            deadlines.append(connection)
+            deadlines.append(sock)
             if self._timer is None:
                 self._arm_timer()
             # The ClientHello is often queued already: answer it without a trip through epoll.
-            connection.readable()
-            if connection.fd >= 0 and not connection.watching:
-                connection.watch(_EPOLLIN)
+            sock.readable()
+            if sock.fd >= 0 and not sock.watching:
+                sock.watch(_EPOLLIN)
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0 and self._loop is not None:  # not closed meanwhile
@@ -203,69 +222,86 @@ class KeService:
             return
         connections = self._connections
         for fd, events in epoll.poll(0, 256):
-            connection = connections.get(fd)
-            if connection is None:
+            sock = connections.get(fd)
+            if sock is None:
                 continue
-            if events & _EPOLLOUT or connection.closing:
-                connection.writable()
+            if events & _EPOLLOUT or sock.pending:
+                sock.writable()
             else:
-                connection.readable()
+                sock.readable()
 
-    def _forget(self, connection: _KeConnection) -> None:
-        if self._connections.pop(connection.fd, None) is not None:
+    def _forget(self, sock: _KeSocket) -> None:
+        if self._connections.pop(sock.fd, None) is not None:
             self.active -= 1
+
+    def _count(self, connection: KeServerConnection) -> None:
+        outcome = connection.outcome
+        if outcome is KeOutcome.RESPONSE:
+            return  # the responder counted it
+        if outcome is KeOutcome.TLS_FAILURE:
+            self.tls_failures += 1
+            log.debug("NTS-KE connection dropped: %s", connection.error)
+        elif outcome is KeOutcome.TIMEOUT:
+            self.timeouts += 1
+        elif outcome is KeOutcome.NO_REQUEST:
+            self.no_request += 1
 
     def _arm_timer(self) -> None:
         loop = self._loop
         assert loop is not None
         self._timer = loop.call_at(
-            loop.time() + max(0.0, self._deadlines[0].deadline - time.monotonic()),
-            self._expire,
+            loop.time() + max(0.0, self._deadlines[0].deadline - self.clock()),
+            self.expire,
         )
 
-    def _expire(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """End the connections whose deadline is past by :attr:`clock` (the timer's
+        callback; a test with a clock of its own calls it after moving the clock)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         deadlines = self._deadlines
-        now = time.monotonic()
+        now = self.clock()
         while deadlines:
-            connection = deadlines[0]
-            if connection.fd >= 0:  # still open (or still writing its last bytes)
-                if connection.deadline > now:
+            sock = deadlines[0]
+            if sock.fd >= 0:  # still open (or writing its last bytes, or lingering)
+                if sock.deadline > now:
                     break
-                self.timeouts += 1
-                connection.close(abort=True)
+                if sock.connection.state is not _CLOSED:
+                    sock.connection.handle_timer(now)  # an Error record once TLS is up
+                    self._count(sock.connection)
+                    sock._flush(sock.connection.data_to_send())  # what the socket takes now
+                sock.close()
             deadlines.popleft()
-        if deadlines:
+        if deadlines and self._loop is not None:
             self._arm_timer()
 
 
-class _KeConnection:
-    __slots__ = (
-        "closing",
-        "deadline",
-        "engine",
-        "fd",
-        "finished",
-        "handshake_done",
-        "pending",
-        "service",
-        "stream",
-        "watching",
-    )
+class _KeSocket:
+    """The I/O half of one connection: its descriptor, what the socket has not taken
+    yet, and what epoll watches for. The protocol is :class:`KeServerConnection`'s.
 
-    def __init__(self, service: KeService, fd: int, deadline: float) -> None:
+    Once the connection is ``CLOSED`` its last bytes are written (waiting for
+    EPOLLOUT if need be); after a response the write side is shut down and the
+    socket *lingers* until the client's own close (or the deadline): closing a
+    socket with unread input makes the kernel reset it and drop whatever of the
+    response is still in flight (RFC 8915 section 4 lets a client send its
+    close_notify right behind the request).
+    """
+
+    __slots__ = ("connection", "deadline", "fd", "pending", "service", "watching")
+
+    def __init__(self, service: KeService, fd: int, connection: KeServerConnection) -> None:
         self.service = service
         self.fd = fd
-        self.deadline = deadline
-        self.engine: TlsEngine | None = TlsEngine(service.certificates.context(), server_side=True)
-        self.stream: RecordStream | None = None
-        self.handshake_done = False
-        self.finished = False
+        self.connection = connection  # deleted at close: its TLS state is not kept around
+        self.deadline = connection.deadline  # read after the close too, by the timer
         self.watching = 0  # epoll events registered for
         self.pending = b""  # what the socket did not take yet
-        self.closing = False  # close once ``pending`` is written
 
     def watch(self, events: int) -> None:
+        if self.watching == events:
+            return
         epoll = self.service._epoll
         assert epoll is not None
         if self.watching:
@@ -280,72 +316,34 @@ class _KeConnection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # reset by the peer
-            self.close(abort=True)
-            return
-        if not data:
-            self.close(abort=False)
+            data = b""
+        connection = self.connection
+        if connection.state is _CLOSED:  # lingering: this is the client's close
+            self.close()
             return
         try:
-            self._process(data)
-        except GnomonError as exc:
-            self.service.tls_failures += 1
-            log.debug("NTS-KE connection dropped: %s", exc)
-            self._flush()  # the TLS alert OpenSSL queued, if any
-            self.close(abort=False)
+            if data:
+                connection.receive_data(data, self.service.clock())
+            else:
+                connection.connection_lost()
         except Exception:  # a bug must cost one connection, never the service
             log.exception("NTS-KE connection failed")
-            self.close(abort=True)
-
-    def _process(self, data: bytes) -> None:
-        engine = self.engine
-        assert engine is not None
-        engine.receive(data)
-        if not self.handshake_done:
-            if not engine.handshake():
-                self._flush()  # the server's flight
-                return
-            # Done: what OpenSSL queued now (its session tickets) leaves with the response,
-            # in the same write, rather than costing a segment and a wake-up of its own.
-            self.handshake_done = True
-            if engine.alpn != ALPN_NTSKE:
-                raise KeProtocolError("client did not negotiate ALPN ntske/1")
-            self.stream = RecordStream(self.service.limits.max_message)
-        stream = self.stream
-        assert stream is not None
-        while True:
-            payload = engine.read_record()
-            if not payload:
-                break
-            try:
-                records = stream.feed(payload)
-            except KeProtocolError:
-                self._respond(self.service.responder.error(ErrorCode.BAD_REQUEST))
-                return
-            if records is not None:
-                response = self.service.responder.respond(
-                    records,
-                    engine.export,
-                    unix_ns=time.time_ns(),
-                    randomness=os.urandom(RANDOM_LEN),
-                )
-                self._respond(response)
-                return
-        if engine.closed:
-            self.close(abort=False)
-
-    def _respond(self, response: bytes) -> None:
-        engine = self.engine
-        assert engine is not None
-        engine.write(response)
-        engine.close()
-        self._flush()
-        self.close(abort=False)
-
-    def _flush(self) -> None:
-        engine = self.engine
-        if engine is None:
+            self.close()
             return
-        outgoing = engine.outgoing()
+        self.send()
+
+    def send(self) -> None:
+        """Write what the connection queued; once it is ``CLOSED``, count how it ended
+        and, when all is written, linger or close."""
+        connection = self.connection
+        closed = connection.state is _CLOSED
+        if closed:
+            self.service._count(connection)
+        self._flush(connection.data_to_send())
+        if closed and self.fd >= 0 and not self.pending:
+            self._written()
+
+    def _flush(self, outgoing: bytes) -> None:
         if not outgoing:
             return
         if self.pending:
@@ -356,11 +354,18 @@ class _KeConnection:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:  # the peer is gone
-            self.close(abort=True)
+            self.close()
             return
         if sent < len(outgoing):
             self.pending = outgoing[sent:]
             self.watch(_EPOLLOUT)
+
+    def _written(self) -> None:
+        if self.connection.outcome is KeOutcome.RESPONSE:
+            _shutdown_write(self.fd)  # FIN behind the response, then wait for the client's
+            self.watch(_EPOLLIN)
+        else:
+            self.close()
 
     def writable(self) -> None:
         try:
@@ -368,28 +373,35 @@ class _KeConnection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self.close(abort=True)
+            self.close()
             return
         self.pending = self.pending[sent:]
         if self.pending:
             return
-        if self.closing:
-            self.close(abort=False)
+        if self.connection.state is _CLOSED:
+            self._written()
         else:
             self.watch(_EPOLLIN)
 
-    def close(self, *, abort: bool) -> None:
+    def close(self) -> None:
         if self.fd < 0:
-            return
-        self.finished = True
-        self.engine = None
-        self.stream = None
-        if self.pending and not abort:
-            self.closing = True  # the rest of the response first; the deadline still holds
             return
         self.service._forget(self)
         fd, self.fd = self.fd, -1
+        del self.connection
+        self.pending = b""
         _close(fd)  # also takes it out of the epoll set
+
+
+def _shutdown_write(fd: int) -> None:
+    # os has no shutdown(2); a socket object borrows the descriptor for the call.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
 
 
 def _close(fd: int) -> None:
