@@ -6,6 +6,8 @@ import asyncio
 import os
 import select
 import socket
+import threading
+from typing import Any
 
 import pytest
 from OpenSSL import SSL
@@ -24,6 +26,7 @@ from gnomon.tls import TlsEngine
 
 from .helpers import (
     LOOPBACK,
+    WAIT,
     RawKeClient,
     Refused,
     aead_record,
@@ -438,3 +441,101 @@ async def test_stopping_the_server_closes_open_connections(pki: DemoPki) -> None
         assert service.active == 0 and service.timeouts == 0
     finally:
         idle.close()
+
+
+# --- RFC 8915 section 4: how a connection ends ------------------------------------------------
+
+
+def _read_to_the_end(client: RawKeClient) -> tuple[tuple[Record, ...] | None, bool, str]:
+    """(the response's records, whether the server's close_notify came, how TCP ended:
+    'eof' or 'reset')."""
+    data = bytearray()
+    ending = "eof"
+    client.sock.settimeout(WAIT)
+    while True:
+        try:
+            chunk = client.sock.recv(65536)
+        except ConnectionResetError:
+            ending = "reset"
+            break
+        if not chunk:
+            break
+        data += chunk
+    client.tls.receive(bytes(data))
+    records = RecordStream(1 << 20).feed(client.tls.read())
+    return records, client.tls.closed, ending
+
+
+async def test_close_notify_right_behind_the_request_still_gets_the_whole_response(
+    pki: DemoPki,
+) -> None:
+    """The client closes its side at once; the server must not reset the connection
+    (closing with the close_notify unread would), which can destroy the response."""
+    async with running_server(base_config(pki)) as server:
+        responder = server.ke
+        respond = responder.respond
+        responding, sent = threading.Event(), threading.Event()
+
+        def held_respond(*args: Any, **kwargs: Any) -> bytes:
+            responding.set()  # the request was read, without what follows it
+            assert sent.wait(WAIT)  # the close_notify is waiting in the server's socket
+            return respond(*args, **kwargs)
+
+        responder.respond = held_respond  # type: ignore[method-assign]
+
+        def exchange() -> tuple[tuple[Record, ...] | None, bool, str]:
+            with RawKeClient(server.bound_ke_port) as client:
+                client.handshake()
+                client.send(GOOD)
+                assert responding.wait(WAIT)
+                client.tls.close()
+                client._flush()
+                sent.set()
+                return _read_to_the_end(client)
+
+        records, close_notify, ending = await asyncio.to_thread(exchange)
+    assert records is not None and len(cookies(records)) == MAX_COOKIES
+    assert close_notify
+    assert ending == "eof"
+
+
+async def test_incomplete_request_at_the_deadline_gets_bad_request_and_close_notify(
+    pki: DemoPki,
+) -> None:
+    async with running_server(base_config(pki, ke_timeout=5.0)) as server:
+        service, clock = _manual_clock(server)
+        with RawKeClient(server.bound_ke_port) as client:
+            await asyncio.to_thread(client.handshake)
+            await asyncio.to_thread(client.send, GOOD[:-4])  # all but End of Message
+            (sock,) = service._connections.values()
+            async with asyncio.timeout(WAIT):  # until the server has TLS up
+                while sock.connection.state is not KeServerState.REQUEST:
+                    await asyncio.sleep(0.01)
+            clock.advance(5.0)
+            service.expire()
+            records, close_notify, ending = await asyncio.to_thread(_read_to_the_end, client)
+    assert records is not None and error_code(records) == ErrorCode.BAD_REQUEST
+    assert close_notify and ending == "eof"
+    assert service.timeouts == 1
+
+
+@pytest.mark.parametrize("how", ["tcp-close", "close-notify"])
+async def test_tls_without_a_request_is_counted_as_no_request(pki: DemoPki, how: str) -> None:
+    """Health checks: TLS, then a close, no NTS-KE request."""
+    async with running_server(base_config(pki)) as server:
+        service = server.ke_service
+        assert service is not None
+
+        def health_check() -> None:
+            with RawKeClient(server.bound_ke_port) as client:
+                client.handshake()
+                if how == "close-notify":
+                    client.tls.close()
+                    client._flush()
+
+        await asyncio.to_thread(health_check)
+        await _wait_active(server, 0)
+        stats = service.stats()
+    assert stats["no_request"] == 1
+    assert stats["tls_failure"] == stats["timeout"] == 0
+    assert server.ke.counters.as_dict() == {"ok": 0, "error": 0, "no_common_aead": 0}

@@ -271,6 +271,8 @@ class KeService:
                     sock.connection.handle_timer(now)  # an Error record once TLS is up
                     self._count(sock.connection)
                     sock._flush(sock.connection.data_to_send())  # what the socket takes now
+                    if sock.fd >= 0 and not sock.pending:
+                        sock._written()  # closed without a reset that would destroy it
                 sock.close()
             deadlines.popleft()
         if deadlines and self._loop is not None:
@@ -282,11 +284,11 @@ class _KeSocket:
     yet, and what epoll watches for. The protocol is :class:`KeServerConnection`'s.
 
     Once the connection is ``CLOSED`` its last bytes are written (waiting for
-    EPOLLOUT if need be); after a response the write side is shut down and the
-    socket *lingers* until the client's own close (or the deadline): closing a
-    socket with unread input makes the kernel reset it and drop whatever of the
-    response is still in flight (RFC 8915 section 4 lets a client send its
-    close_notify right behind the request).
+    EPOLLOUT if need be, within the deadline), then what arrived meanwhile is
+    read and the socket closed: closing a socket with unread input makes the
+    kernel reset the connection, which destroys whatever of the response is
+    still in flight, and RFC 8915 section 4 lets a client send its close_notify
+    right behind the request.
     """
 
     __slots__ = ("connection", "deadline", "fd", "pending", "service", "watching")
@@ -318,8 +320,7 @@ class _KeSocket:
         except OSError:  # reset by the peer
             data = b""
         connection = self.connection
-        if connection.state is _CLOSED:  # lingering: this is the client's close
-            self.close()
+        if connection.state is _CLOSED:  # input while the last bytes wait to be written
             return
         try:
             if data:
@@ -361,11 +362,15 @@ class _KeSocket:
             self.watch(_EPOLLOUT)
 
     def _written(self) -> None:
-        if self.connection.outcome is KeOutcome.RESPONSE:
-            _shutdown_write(self.fd)  # FIN behind the response, then wait for the client's
-            self.watch(_EPOLLIN)
-        else:
-            self.close()
+        """All written: read what came in meanwhile (a close_notify), then close."""
+        fd = self.fd
+        for _ in range(4):
+            try:
+                if len(os.read(fd, _READ_SIZE)) < _READ_SIZE:
+                    break  # drained (or the client's FIN)
+            except OSError:  # nothing more (EAGAIN), or a reset
+                break
+        self.close()
 
     def writable(self) -> None:
         try:
@@ -391,17 +396,6 @@ class _KeSocket:
         del self.connection
         self.pending = b""
         _close(fd)  # also takes it out of the epoll set
-
-
-def _shutdown_write(fd: int) -> None:
-    # os has no shutdown(2); a socket object borrows the descriptor for the call.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    finally:
-        sock.detach()
 
 
 def _close(fd: int) -> None:
