@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ._os import write_private_file
 from .errors import GnomonError
 
 EXIT_OK = 0
@@ -260,70 +258,64 @@ def cmd_chain(args: argparse.Namespace) -> int:
 # --- keys -------------------------------------------------------------------------
 
 
-def _writable(args: argparse.Namespace) -> Path | None:
+def _output(args: argparse.Namespace, action: str) -> Path | str:
+    """The ``--out`` path to write, or why not (never replaces a file without ``--force``)."""
     if not args.out:
-        return None
+        return f"{action} needs --out FILE"
     path = Path(args.out)
     if path.exists() and not args.force:
-        raise FileExistsError(path)
+        return f"{args.out} exists (give --force to replace it)"
     return path
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    """A new long-term key in the file the server reads (server/roughtime_keys.py)."""
+    import base64
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from .proto.roughtime.keys import private_key_to_text, public_key_b64
     from .proto.roughtime.serverlist import server_list_entry
+    from .server.roughtime_keys import public_key_of, write_long_term_key
 
-    try:
-        path = _writable(args)
-    except FileExistsError:
-        return _usage(f"{args.out} exists (give --force to replace it)")
-    if path is None:
-        return _usage("keygen needs --out KEYFILE")
+    path = _output(args, "keygen")
+    if isinstance(path, str):
+        return _usage(path)
     key = Ed25519PrivateKey.generate()
-    write_private_file(path, private_key_to_text(key))
-    public = key.public_key().public_bytes_raw()
+    write_long_term_key(path, key)
+    public = public_key_of(key)
     entry = server_list_entry(
         args.name or "my-roughtime-server", public, args.address or "roughtime.example.net:2002"
     )
     print(f"long-term key written to {path} (mode 0600); keep it offline if you can")
-    print(f"public key: {public_key_b64(key)}")
+    print(f"public key: {base64.b64encode(public).decode()}")
     print("server list entry:")
     print(json.dumps(entry, indent=2))
     return EXIT_OK
 
 
 def cmd_delegate(args: argparse.Namespace) -> int:
-    from .proto.roughtime.keys import make_delegations, private_key_from_text
-    from .server.secretfiles import check_private_file
+    """Online keys for consecutive windows, signed now by the (offline) long-term key."""
+    from .server.roughtime_keys import (
+        make_online_keys,
+        public_key_of,
+        read_long_term_key,
+        write_online_keys,
+    )
 
     if not args.key:
         return _usage("delegate needs --key KEYFILE (the long-term key)")
-    try:
-        path = _writable(args)
-    except FileExistsError:
-        return _usage(f"{args.out} exists (give --force to replace it)")
-    if path is None:
-        return _usage("delegate needs --out FILE")
+    path = _output(args, "delegate")
+    if isinstance(path, str):
+        return _usage(path)
     if args.count < 1 or args.days <= 0 or args.overlap < 0:
         return _usage("--count >= 1, --days > 0 and --overlap >= 0")
-    key_path = Path(args.key)
-    try:
-        check_private_file(key_path, "long-term key file", {0, os.geteuid()})
-        long_term = private_key_from_text(key_path.read_text(), str(key_path))
-    except OSError as exc:
-        return _usage(f"cannot read {key_path}: {exc.strerror}")
+    long_term = read_long_term_key(Path(args.key))
     start = args.start if args.start is not None else int(time.time()) - 3600
-    window = int(args.days * 86400)
-    delegations = make_delegations(
-        long_term,
-        [os.urandom(32) for _ in range(args.count)],
-        start,
-        window,
-        int(args.overlap * 86400),
+    keys = make_online_keys(
+        long_term, start, args.count, int(args.days * 86400), int(args.overlap * 86400)
     )
-    write_private_file(path, delegations.to_json() + "\n")
+    write_online_keys(path, public_key_of(long_term), keys)
+    end = max(key.delegation.maxt for key in keys)
     print(f"{args.count} delegations written to {path} (mode 0600; it holds online private keys)")
-    print(f"valid {_time(start)} .. {_time(delegations.ends)}; sign more before the end")
+    print(f"valid {_time(start)} .. {_time(end)}; sign more before the end")
     return EXIT_OK

@@ -15,7 +15,7 @@ from roughtime_loopback import LoopbackServer
 from gnomon.cli import main
 from gnomon.proto.roughtime import RoughtimeServer
 from gnomon.proto.roughtime.chain import verify_report
-from gnomon.proto.roughtime.keys import DelegationSet, private_key_from_text
+from gnomon.server.roughtime_keys import newest_covering, read_long_term_key, read_online_keys
 
 
 def b64(data: bytes) -> str:
@@ -103,7 +103,7 @@ def test_keygen_writes_a_private_key_and_prints_an_entry(
     argv = ["roughtime", "keygen", "--out", str(key_file), "--address", "time.example:2002"]
     assert main(argv) == 0
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    key = private_key_from_text(key_file.read_text())
+    key = read_long_term_key(key_file)
     public = b64(key.public_key().public_bytes_raw())
     out = capsys.readouterr().out
     assert f"public key: {public}" in out
@@ -120,13 +120,12 @@ def test_delegate_signs_ahead_and_a_server_runs_from_the_file(tmp_path: Path) ->
     argv = ["roughtime", "delegate", "--key", str(key_file), "--out", str(out)]
     assert main([*argv, "--count", "3", "--days", "1", "--start", str(now)]) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    delegations = DelegationSet.from_json(out.read_text())
-    delegations.verify()
-    assert len(delegations.delegations) == 3
-    chosen = delegations.select(now + 86400 + 10)
+    long_term_public, keys = read_online_keys(out)  # what the server reads, checked
+    assert len(keys) == 3
+    chosen = newest_covering(keys, now + 86400 + 10)
     assert chosen is not None and chosen.delegation.mint == now + 86400
-    long_term_public = private_key_from_text(key_file.read_text()).public_key().public_bytes_raw()
-    server = RoughtimeServer(long_term_public, chosen.online_key, chosen.delegation)
+    assert long_term_public == read_long_term_key(key_file).public_key().public_bytes_raw()
+    server = RoughtimeServer(long_term_public, chosen.private, chosen.delegation)
     with LoopbackServer(server, now + 86400 + 10) as loop:
         assert main(["roughtime", f"127.0.0.1:{loop.port}", "--key", b64(long_term_public)]) == 0
     key_file.chmod(0o644)

@@ -26,7 +26,6 @@ from gnomon.proto.roughtime import message as m
 from gnomon.proto.roughtime.chain import verify_report
 from gnomon.proto.roughtime.client import ClientRequest, parse_client_request
 from gnomon.proto.roughtime.delegation import Delegation
-from gnomon.proto.roughtime.keys import DelegationSet
 from gnomon.proto.roughtime.merkle import root_from_path
 from gnomon.proto.roughtime.serverlist import parse_server_list
 
@@ -277,7 +276,7 @@ json_values = st.recursive(
 @given(json_values)
 def test_fuzz_json_documents(document: object) -> None:
     text = json.dumps(document)
-    for parse in (parse_server_list, verify_report, Delegation.from_json, DelegationSet.from_json):
+    for parse in (parse_server_list, verify_report, Delegation.from_json):
         with contextlib.suppress(GnomonError):
             parse(text)
 
