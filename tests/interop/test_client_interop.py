@@ -71,6 +71,7 @@ def _cli(*args: str, netns_run: object = None) -> subprocess.CompletedProcess[st
 # --- chrony 4.3 (Debian 12): AEAD 15 ------------------------------------------------------
 
 
+@pytest.mark.localhost
 def test_query_and_session_reuse_against_chrony(chrony43: ChronyServer, demo_pki: DemoPki) -> None:
     session = gnomon.Session(ca_file=demo_pki.ca_cert, aeads=(15,))
     first = session.query("localhost", chrony43.ke_port)
@@ -87,6 +88,7 @@ def test_module_level_query_against_chrony(chrony43: ChronyServer, demo_pki: Dem
     _check(result, 15, chrony43.ntp_port)  # chrony 4.3 answers our default offer (30, 15) with 15
 
 
+@pytest.mark.localhost
 def test_aquery_against_chrony(chrony43: ChronyServer, demo_pki: DemoPki) -> None:
     async def run() -> tuple[gnomon.Result, gnomon.Result]:
         session = gnomon.Session(ca_file=demo_pki.ca_cert, aeads=(15,))
@@ -99,6 +101,7 @@ def test_aquery_against_chrony(chrony43: ChronyServer, demo_pki: DemoPki) -> Non
     assert first.key_exchange and not second.key_exchange
 
 
+@pytest.mark.localhost
 def test_cli_against_chrony(chrony43: ChronyServer, demo_pki: DemoPki) -> None:
     done = _cli(
         "--ca", str(demo_pki.ca_cert), "--count", "2", "--json", f"localhost:{chrony43.ke_port}"
@@ -114,6 +117,7 @@ def test_cli_against_chrony(chrony43: ChronyServer, demo_pki: DemoPki) -> None:
     )
 
 
+@pytest.mark.localhost
 def test_wrong_ca_fails_clearly(chrony43: ChronyServer, tmp_path: Path) -> None:
     other = make_demo_pki(tmp_path / "other")
     with pytest.raises(gnomon.CertificateError, match="not trusted"):
@@ -127,6 +131,7 @@ def test_wrong_ca_fails_clearly(chrony43: ChronyServer, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.localhost
 def test_name_not_in_certificate_fails(tmp_path: Path) -> None:
     only_localhost = make_demo_pki(tmp_path / "pki", names=("localhost",))
     with chrony_nts_server(tmp_path / "chrony", only_localhost) as server:
@@ -136,6 +141,7 @@ def test_name_not_in_certificate_fails(tmp_path: Path) -> None:
             session.query("127.0.0.1", server.ke_port)
 
 
+@pytest.mark.localhost
 def test_no_common_aead_is_reported(chrony43: ChronyServer, demo_pki: DemoPki) -> None:
     with pytest.raises(gnomon.NegotiationError, match="none of the offered AEAD"):
         gnomon.Session(ca_file=demo_pki.ca_cert, aeads=(30,)).query("localhost", chrony43.ke_port)
@@ -143,6 +149,7 @@ def test_no_common_aead_is_reported(chrony43: ChronyServer, demo_pki: DemoPki) -
     assert done.returncode != 0 and "none of the offered AEAD" in done.stderr
 
 
+@pytest.mark.localhost
 def test_session_file_skips_key_exchange_after_restart(
     chrony43: ChronyServer, demo_pki: DemoPki, tmp_path: Path
 ) -> None:
@@ -158,6 +165,7 @@ def test_session_file_skips_key_exchange_after_restart(
     assert not second.key_exchange and reborn.key_exchanges == 0
 
 
+@pytest.mark.localhost
 def test_nak_after_server_key_change_recovers_with_new_key_exchange(
     tmp_path: Path, demo_pki: DemoPki
 ) -> None:
@@ -173,6 +181,7 @@ def test_nak_after_server_key_change_recovers_with_new_key_exchange(
         assert session.key_exchanges == 2
 
 
+@pytest.mark.localhost
 def test_several_servers_at_once(tmp_path: Path, demo_pki: DemoPki) -> None:
     with (
         chrony_nts_server(tmp_path / "a", demo_pki) as a,
@@ -190,6 +199,7 @@ def test_several_servers_at_once(tmp_path: Path, demo_pki: DemoPki) -> None:
 # --- chrony 4.6 (Debian 13, unpacked): AEAD 30 and record 1024 ---------------------------
 
 
+@pytest.mark.localhost
 def test_aead_30_against_chrony_4_6(chrony46: ChronyServer, demo_pki: DemoPki) -> None:
     session = gnomon.Session(ca_file=demo_pki.ca_cert, aeads=(30,))
     first = session.query("localhost", chrony46.ke_port)
@@ -204,6 +214,7 @@ def test_aead_30_against_chrony_4_6(chrony46: ChronyServer, demo_pki: DemoPki) -
     assert json.loads(done.stdout)[0]["aead"] == 30
 
 
+@pytest.mark.localhost
 def test_default_offer_gets_aead_30_and_15_still_works_on_chrony_4_6(
     chrony46: ChronyServer, demo_pki: DemoPki
 ) -> None:
@@ -218,6 +229,7 @@ def test_default_offer_gets_aead_30_and_15_still_works_on_chrony_4_6(
 # --- NTPsec 1.2.2, in its own network namespace ------------------------------------------
 
 
+@pytest.mark.localhost
 def test_query_aquery_and_cli_against_ntpsec(ntpsec: NtpsecServer, demo_pki: DemoPki) -> None:
     with ntpsec.netns.entered():
         session = gnomon.Session(ca_file=demo_pki.ca_cert, aeads=(15,))
@@ -239,6 +251,7 @@ def test_query_aquery_and_cli_against_ntpsec(ntpsec: NtpsecServer, demo_pki: Dem
     assert json.loads(done.stdout)[0]["authenticated"] is True
 
 
+@pytest.mark.localhost
 def test_wrong_ca_against_ntpsec(ntpsec: NtpsecServer, tmp_path: Path) -> None:
     other = make_demo_pki(tmp_path / "other")
     with ntpsec.netns.entered(), pytest.raises(gnomon.CertificateError, match="not trusted"):

@@ -32,7 +32,8 @@ from tests.peers import (
     PeerNotInstalled,
     PeerProcess,
     chrony_nts_client,
-    free_port,
+    free_loopback_port,
+    localhost_addresses,
     ntpsec_nts_client,
     wait_until,
 )
@@ -89,7 +90,8 @@ def gnomon_config(
         "\n".join(
             [
                 "[server]",
-                'listen = ["127.0.0.1"]',
+                # Both loopback addresses: a client given `localhost` may use either.
+                'listen = ["127.0.0.1", "::1"]',
                 f"ntp_port = {ntp_port}",
                 f"ke_port = {ke_port}",
                 "require_nts = true",
@@ -129,11 +131,11 @@ def start_gnomon(
     Free ports are picked (in the namespace) when not given.  The caller stops it.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    pick = netns.free_port if netns is not None else free_port
+    pick = netns.free_loopback_port if netns is not None else free_loopback_port
     if ke_port is None:
-        ke_port = pick("127.0.0.1", tcp=True, udp=False)
+        ke_port = pick(tcp=True, udp=False)
     if ntp_port is None:
-        ntp_port = pick("127.0.0.1", tcp=False, udp=True)
+        ntp_port = pick(tcp=False, udp=True)
     config = gnomon_config(
         workdir,
         pki,
@@ -251,7 +253,7 @@ def assert_good_sample(
     assert sample["stratum"] == 10, shown
     assert sample["leap"] == "Normal", shown
     assert abs(sample["offset"]) < 0.01, shown
-    assert sample["remote_address"] == "127.0.0.1", shown
+    assert sample["remote_address"] in localhost_addresses(), shown
     assert sample["remote_port"] == server.ntp_port, shown
     assert sample["naks"] == 0, shown
     # chronyc authdata: KeyID counts the NTS-KE sessions established with the source,
@@ -264,6 +266,7 @@ def assert_good_sample(
 
 
 @pytest.mark.interop
+@pytest.mark.localhost
 def test_chrony_43_authenticates_and_keeps_going_on_refilled_cookies(
     tmp_path: Path, demo_pki: DemoPki
 ) -> None:
@@ -301,6 +304,7 @@ def test_chrony_43_authenticates_and_keeps_going_on_refilled_cookies(
     ],
     ids=["gnomon-30-15", "gnomon-15"],
 )
+@pytest.mark.localhost
 def test_chrony_46_negotiates_the_aead(
     tmp_path: Path, demo_pki: DemoPki, aeads: tuple[int, ...], expected: int
 ) -> None:
@@ -325,6 +329,7 @@ def test_chrony_46_negotiates_the_aead(
 
 
 @pytest.mark.interop
+@pytest.mark.localhost
 def test_chrony_46_request_gets_aes_128_gcm_siv_and_record_1024_from_gnomon(
     tmp_path: Path, demo_pki: DemoPki
 ) -> None:
@@ -387,6 +392,7 @@ def ntpsec_nts_counters(client: NtpsecClient) -> dict[str, int]:
 
 
 @pytest.mark.interop
+@pytest.mark.localhost
 def test_ntpsec_authenticates_with_gnomon_in_its_netns(
     tmp_path: Path, demo_pki: DemoPki, peer_netns: NetNs
 ) -> None:
@@ -404,7 +410,7 @@ def test_ntpsec_authenticates_with_gnomon_in_its_netns(
             assoc = client.wait_authenticated(timeout=20)
             shown = {k: v for k, v in assoc.items() if k != "vars"}
             assert assoc["reach"] == "yes" and assoc["auth"] == "ok", shown
-            assert assoc["srcadr"] == "127.0.0.1", shown
+            assert assoc["srcadr"] in localhost_addresses(), shown
             assert assoc["srcport"] == server.ntp_port, shown
             assert assoc["stratum"] == 10, shown
             assert assoc["ntscookies"] == 8, shown
@@ -481,6 +487,7 @@ def restart_under_chrony(
 
 
 @pytest.mark.interop
+@pytest.mark.localhost
 def test_chrony_keeps_its_cookies_across_a_gnomon_restart(
     tmp_path: Path, demo_pki: DemoPki
 ) -> None:
@@ -497,6 +504,7 @@ def test_chrony_keeps_its_cookies_across_a_gnomon_restart(
 
 
 @pytest.mark.interop
+@pytest.mark.localhost
 def test_chrony_redoes_nts_ke_after_a_nak_from_gnomon_restarted_with_new_keys(
     tmp_path: Path, demo_pki: DemoPki
 ) -> None:

@@ -21,15 +21,19 @@ from .clock import ClockGuard, ClockSnapshot, Timex, assert_clock_unchanged, rea
 from .netns import NetNs, netns
 from .ntpsec import NtpsecClient, NtpsecServer, ntpsec_nts_client, ntpsec_nts_server
 from .proc import (
+    LOOPBACK,
     PeerNotInstalled,
     PeerProcess,
     PeerStartError,
+    free_loopback_port,
     free_port,
     live_processes,
+    localhost_addresses,
     wait_until,
 )
 
 __all__ = [
+    "LOOPBACK",
     "ChronyClient",
     "ChronyServer",
     "ClockGuard",
@@ -44,8 +48,10 @@ __all__ = [
     "assert_clock_unchanged",
     "chrony_nts_client",
     "chrony_nts_server",
+    "free_loopback_port",
     "free_port",
     "live_processes",
+    "localhost_addresses",
     "netns",
     "ntpsec_nts_client",
     "ntpsec_nts_server",

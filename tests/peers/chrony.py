@@ -51,7 +51,7 @@ from .proc import (
     PEERS_DIR,
     PeerNotInstalled,
     PeerProcess,
-    free_port,
+    free_loopback_port,
     require_executable,
     require_root,
     tcp_listening,
@@ -244,11 +244,12 @@ def chrony_nts_server(
     workdir.mkdir(parents=True, exist_ok=True)
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"peers stay on loopback; {host} is not")
-    pick = netns.free_port if netns is not None else free_port
+    # chronyd binds both loopback addresses (`_loopback_binds`): ports free on both.
+    pick = netns.free_loopback_port if netns is not None else free_loopback_port
     if ntp_port is None:
-        ntp_port = pick(host, tcp=False, udp=True)
+        ntp_port = pick(tcp=False, udp=True)
     if ke_port is None:
-        ke_port = pick(host, tcp=True, udp=False)
+        ke_port = pick(tcp=True, udp=False)
     runtime = _runtime_dir("gnomon-chrony-srv-")
     try:
         _install(pki.cert_chain, runtime / "server.pem", 0o644)

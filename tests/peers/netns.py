@@ -112,6 +112,11 @@ class NetNs:
         with self.entered():
             return proc.free_port(host, tcp=tcp, udp=udp)
 
+    def free_loopback_port(self, *, tcp: bool = True, udp: bool = True) -> int:
+        """A port free on both 127.0.0.1 and ::1 inside the namespace."""
+        with self.entered():
+            return proc.free_loopback_port(tcp=tcp, udp=udp)
+
     def close(self) -> None:
         self.holder.stop()
 

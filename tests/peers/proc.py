@@ -270,6 +270,36 @@ def free_port(host: str = "127.0.0.1", *, tcp: bool = True, udp: bool = True) ->
     raise RuntimeError(f"no free port on {host}")
 
 
+LOOPBACK = ("127.0.0.1", "::1")
+"""The loopback addresses servers under test listen on, both: ``localhost`` may be either."""
+
+
+def localhost_addresses() -> set[str]:
+    """What ``localhost`` resolves to here (/etc/hosts: ::1, 127.0.0.1 or both, any order).
+
+    Tests never assume which: a client given ``localhost`` may use any of these, so
+    servers listen on all of `LOOPBACK` and checks accept any address of this set.
+    """
+    infos = socket.getaddrinfo("localhost", None, proto=socket.IPPROTO_TCP)
+    return {str(info[4][0]) for info in infos}
+
+
+def free_loopback_port(*, tcp: bool = True, udp: bool = True) -> int:
+    """A port free on both 127.0.0.1 and ::1 (for TCP and/or UDP) right now."""
+    for _ in range(50):
+        port = free_port(LOOPBACK[0], tcp=tcp, udp=udp)
+        kinds = [k for k, wanted in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)) if wanted]
+        try:
+            with contextlib.ExitStack() as stack:
+                for kind in kinds:
+                    sock = stack.enter_context(socket.socket(socket.AF_INET6, kind))
+                    sock.bind((LOOPBACK[1], port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no port free on both 127.0.0.1 and ::1")
+
+
 @contextlib.contextmanager
 def running(proc: PeerProcess) -> Iterator[PeerProcess]:
     """Stop `proc` when the block ends, however it ends."""
