@@ -1,20 +1,33 @@
-"""The ``gnomon`` command: ``gnomon query`` and ``gnomon serve``."""
+"""The ``gnomon`` command: ``gnomon query``, and the server's ``serve``, ``status``, ...
+
+Start-up time is part of the interface: only argparse is imported up front, and each
+subcommand imports what it needs inside its handler (``gnomon --help`` loads no
+cryptography; a query answered from the cookies of a ``--state`` file loads no TLS).
+A new subcommand follows the same pattern: ``add_parser`` in :func:`build_parser` (or
+an ``add_*_commands`` function of its package), ``set_defaults(handler=...)``, and the
+imports inside the handler.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
 from collections.abc import Sequence
 
-from .client.session import Result, Session, parse_server
 from .errors import GnomonError
-from .proto.nts.aead import ALGORITHMS
-from .proto.nts.client import DEFAULT_AEADS
+from .hostport import join_host_port
+
+TYPE_CHECKING = False  # typing itself is not imported at start-up
+if TYPE_CHECKING:
+    from .client.session import Result, Session
+
+DEFAULT_AEADS_HELP = "30,15"
+"""What ``--aead`` defaults to, as --help shows it (tests check it is DEFAULT_AEADS)."""
 
 
 def _aead_list(text: str) -> tuple[int, ...]:
+    from .proto.nts.aead import ALGORITHMS
+
     try:
         ids = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -26,7 +39,24 @@ def _aead_list(text: str) -> tuple[int, ...]:
     return ids
 
 
-def _format_table(rows: list[tuple[str, Result | GnomonError]]) -> str:
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _auth_cell(outcome: Result) -> str:
+    return "yes (NTS)" if outcome.authenticated else "NO"
+
+
+def format_table(rows: list[tuple[str, Result | GnomonError]]) -> str:
+    """The table ``gnomon query`` prints; IPv6 addresses as ``[::1]:4460``."""
+    from .client.session import Result
+
     header = ("SERVER", "ADDRESS", "OFFSET", "DELAY", "STRATUM", "LEAP", "AEAD", "COOKIES", "AUTH")
     lines = [header]
     for spec, outcome in rows:
@@ -34,14 +64,14 @@ def _format_table(rows: list[tuple[str, Result | GnomonError]]) -> str:
             lines.append(
                 (
                     spec,
-                    f"{outcome.address}:{outcome.port}",
+                    join_host_port(outcome.address, outcome.port),
                     f"{outcome.offset * 1e3:+.3f} ms",
                     f"{outcome.delay * 1e3:.3f} ms",
                     str(outcome.stratum),
                     str(outcome.leap),
                     outcome.aead_name.removeprefix("AEAD_"),
                     str(outcome.cookies_left),
-                    "yes (NTS)" if outcome.authenticated else "NO",
+                    _auth_cell(outcome),
                 )
             )
         else:
@@ -55,32 +85,52 @@ def _format_table(rows: list[tuple[str, Result | GnomonError]]) -> str:
     )
 
 
-async def _run_queries(
+def _query_one(session: Session, spec: str, count: int) -> list[tuple[str, Result | GnomonError]]:
+    outcomes: list[tuple[str, Result | GnomonError]] = []
+    for _ in range(count):
+        try:
+            outcomes.append((spec, session.query(spec)))
+        except GnomonError as exc:
+            outcomes.append((spec, exc))
+            break
+    return outcomes
+
+
+def _query_all(
     session: Session, servers: list[str], count: int
 ) -> list[tuple[str, Result | GnomonError]]:
+    """One server: the blocking client (no event loop to start); several: all at once."""
+    if len(servers) == 1:
+        return _query_one(session, servers[0], count)
+    import asyncio
+
     async def one(spec: str) -> list[tuple[str, Result | GnomonError]]:
-        host, port = parse_server(spec)
         outcomes: list[tuple[str, Result | GnomonError]] = []
         for _ in range(count):
             try:
-                outcomes.append((spec, await session.aquery(host, port)))
+                outcomes.append((spec, await session.aquery(spec)))
             except GnomonError as exc:
                 outcomes.append((spec, exc))
                 break
         return outcomes
 
-    results = await asyncio.gather(*(one(spec) for spec in servers))
-    return [row for rows in results for row in rows]
+    async def every() -> list[list[tuple[str, Result | GnomonError]]]:
+        return list(await asyncio.gather(*(one(spec) for spec in servers)))
+
+    return [row for rows in asyncio.run(every()) for row in rows]
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    import json
+
+    from .client.session import Result, Session, parse_server
+
     try:
         for spec in args.servers:
             parse_server(spec)
-        session = Session(
-            ca_file=args.ca, aeads=args.aead, timeout=args.timeout, state_file=args.state
-        )
-        rows = asyncio.run(_run_queries(session, args.servers, args.count))
+        options = {} if args.aead is None else {"aeads": args.aead}
+        session = Session(ca_file=args.ca, timeout=args.timeout, state_file=args.state, **options)
+        rows = _query_all(session, args.servers, args.count)
     except GnomonError as exc:
         print(f"gnomon: {exc}", file=sys.stderr)
         return 2
@@ -93,26 +143,24 @@ def cmd_query(args: argparse.Namespace) -> int:
         ]
         print(json.dumps(document, indent=2))
     else:
-        print(_format_table(rows))
+        print(format_table(rows))
     failures = [outcome for _, outcome in rows if not isinstance(outcome, Result)]
     for failure in failures:
         print(f"gnomon: {failure}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gnomon", description="Secure network time (NTS, RFC 8915)."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_query_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     query = commands.add_parser("query", help="authenticated time from NTS servers")
     query.add_argument(
-        "servers", nargs="+", metavar="HOST[:PORT]", help="NTS-KE server (port 4460 by default)"
+        "servers",
+        nargs="+",
+        metavar="SERVER",
+        help="NTS-KE server: HOST, HOST:PORT, [IPv6]:PORT or an address (port 4460 by default)",
     )
     query.add_argument("--ca", metavar="FILE", help="trust this CA file instead of the system CAs")
     query.add_argument(
-        "--count", type=int, default=1, metavar="N", help="queries per server (default 1)"
+        "--count", type=_positive_int, default=1, metavar="N", help="queries per server (default 1)"
     )
     query.add_argument("--json", action="store_true", help="print JSON")
     query.add_argument(
@@ -121,12 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--aead",
         type=_aead_list,
-        default=DEFAULT_AEADS,
+        default=None,
         metavar="IDS",
-        help="AEAD ids to offer, in order (default 30,15)",
+        help=f"AEAD ids to offer, in order (default {DEFAULT_AEADS_HELP})",
     )
     query.add_argument("--state", metavar="FILE", help="keep keys and cookies in FILE between runs")
     query.set_defaults(handler=cmd_query)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gnomon", description="Secure network time (NTS, RFC 8915)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_query_command(commands)
 
     from .server.cli import add_server_commands
 
@@ -144,9 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "count", 1) < 1:
-        print("gnomon: --count must be at least 1", file=sys.stderr)
-        return 2
     return int(args.handler(args))
 
 

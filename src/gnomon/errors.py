@@ -42,12 +42,38 @@ class NtsNakError(GnomonError):
     """The server answered with an NTS NAK (kiss code NTSN, RFC 8915 section 5.7)."""
 
 
-class KissOfDeathError(GnomonError):
-    """The server answered with a kiss-o'-death packet (RFC 5905 section 7.4)."""
+KISS_CODES = {
+    "INIT": "server is not synchronised yet",
+    "STEP": "server is stepping its clock",
+    "RATE": "server asks to query it less often (rate limit)",
+    "DENY": "server denies access",
+    "RSTR": "server refuses access (restricted)",
+    "AUTH": "server rejects the authentication",
+    "CRYP": "server rejects the cryptographic authentication",
+    "NKEY": "server does not know the key",
+    "AUTO": "server rejects the Autokey sequence",
+    "BCST": "server is in broadcast mode",
+    "DROP": "server dropped the association",
+    "MCST": "server is in multicast mode",
+    "RMOT": "server is being altered remotely",
+    "NTSN": "server could not use the NTS cookie (NTS NAK)",
+}
+"""What the kiss codes of RFC 5905 section 7.4 (and RFC 8915's NTSN) mean for a client."""
 
-    def __init__(self, code: str) -> None:
+
+class KissOfDeathError(GnomonError):
+    """The server answered with a kiss-o'-death packet (RFC 5905 section 7.4).
+
+    `code` is the four-letter kiss code, `authenticated` whether the packet carried
+    a valid NTS authenticator (only then did the server really say it).
+    """
+
+    def __init__(self, code: str, *, authenticated: bool = True) -> None:
         self.code = code
-        super().__init__(f"server sent kiss-o'-death {code!r}")
+        self.authenticated = authenticated
+        meaning = KISS_CODES.get(code, "server refuses to give the time")
+        how = "authenticated with NTS" if authenticated else "NOT authenticated"
+        super().__init__(f"{meaning} (kiss-o'-death {code!r}, {how})")
 
 
 class ResponseMismatchError(ProtocolError):

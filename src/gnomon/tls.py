@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import ssl
 import threading
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
@@ -36,14 +39,52 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL
+)
+
+
+def load_certificates(data: bytes) -> tuple[list[x509.Certificate], int]:
+    """The PEM certificates in `data`, one by one, and how many could not be parsed.
+
+    A system bundle holds certificates cryptography frowns upon: Debian's has nine
+    root CAs (Go Daddy, Starfield, SECOM, ...) whose serial number is zero or
+    negative, which RFC 5280 forbids; cryptography parses them with a deprecation
+    warning.  They are kept, and the warning never reaches the user.  A certificate
+    that does not parse at all is skipped, and the others are kept: one bad entry
+    must not cost every CA.
+    """
+    certificates: list[x509.Certificate] = []
+    skipped = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for match in _PEM_CERTIFICATE.finditer(data):
+            try:
+                certificates.append(x509.load_pem_x509_certificate(match.group(0)))
+            except ValueError:
+                skipped += 1
+    return certificates, skipped
+
+
 class TrustStore:
     """Trust anchors for verifying NTS-KE servers, loaded once and reused."""
 
-    def __init__(self, certificates: list[x509.Certificate], source: str) -> None:
+    def __init__(self, certificates: list[x509.Certificate], source: str, skipped: int = 0) -> None:
         if not certificates:
             raise CertificateError(f"no CA certificate found in {source}")
         self.source = source
+        self.skipped = skipped  # certificates of the source that do not parse, left out
         self._store = Store(certificates)
+        self._by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+        for certificate in certificates:
+            self._by_subject.setdefault(certificate.subject, []).append(certificate)
+
+    @classmethod
+    def from_pem(cls, data: bytes, source: str) -> TrustStore:
+        certificates, skipped = load_certificates(data)
+        if not certificates:
+            raise CertificateError(f"CA file {source} holds no valid PEM certificate")
+        return cls(certificates, source, skipped)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrustStore:
@@ -51,11 +92,7 @@ class TrustStore:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise CertificateError(f"cannot read CA file {path}: {exc.strerror}") from None
-        try:
-            certificates = x509.load_pem_x509_certificates(data)
-        except ValueError:
-            raise CertificateError(f"CA file {path} holds no valid PEM certificate") from None
-        return cls(certificates, str(path))
+        return cls.from_pem(data, str(path))
 
     _system: TrustStore | None = None
     _system_lock = threading.Lock()
@@ -84,11 +121,78 @@ class TrustStore:
         if not chain:
             raise CertificateError(f"{host} sent no certificate")
         subject = IPAddress(ipaddress.ip_address(host)) if _is_ip(host) else DNSName(host)
-        builder = PolicyBuilder().store(self._store).time(now or datetime.now(UTC))
+        when = now or datetime.now(UTC)
+        builder = PolicyBuilder().store(self._store).time(when)
         try:
             builder.build_server_verifier(subject).verify(chain[0], chain[1:])
         except VerificationError as exc:
-            raise CertificateError(f"certificate of {host} not trusted: {exc}") from None
+            reason = self.explain(chain, host, when)
+            raise CertificateError(
+                f"certificate of {host} not trusted: {reason} (verifier: {exc})"
+            ) from None
+
+    def explain(self, chain: list[x509.Certificate], host: str, now: datetime) -> str:
+        """Why `chain` fails for `host`, in the terms a user acts on.
+
+        The verifier says only what it ran into ("candidates exhausted: ..."); this
+        names the certificate at fault and the first reason among: outside its
+        validity period, issued for other names, issued by a CA not trusted here.
+        """
+        for certificate in chain:
+            if now < certificate.not_valid_before_utc:
+                return (
+                    f"{_name(certificate)} is not valid before "
+                    f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+                )
+            if now > certificate.not_valid_after_utc:
+                return (
+                    f"{_name(certificate)} expired on "
+                    f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+                )
+        names = _san_names(chain[0])
+        if names is not None and not any(_name_matches(n, host) for n in names):
+            shown = ", ".join(names) or "no name"
+            return f"name mismatch: {_name(chain[0])} is for {shown}, not {host}"
+        if not any(self._signed_by_trusted_ca(c) for c in chain):
+            top = chain[-1]
+            return (
+                f"unknown issuer: {_name(top)} is issued by {top.issuer.rfc4514_string()!r}, "
+                f"and no CA trusted here signed it ({self.source})"
+            )
+        return f"the chain of {_name(chain[0])} does not verify"
+
+    def _signed_by_trusted_ca(self, certificate: x509.Certificate) -> bool:
+        """A trusted CA of the right name whose key made `certificate`'s signature."""
+        for ca in self._by_subject.get(certificate.issuer, []):
+            try:
+                certificate.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
+
+
+def _name(certificate: x509.Certificate) -> str:
+    return f"certificate {certificate.subject.rfc4514_string()!r}"
+
+
+def _name_matches(pattern: str, host: str) -> bool:
+    pattern, host = pattern.lower().rstrip("."), host.lower().rstrip(".")
+    if pattern.startswith("*."):
+        return host.partition(".")[2] == pattern[2:] and "." in pattern[2:]
+    if _is_ip(host) and _is_ip(pattern):
+        return ipaddress.ip_address(host) == ipaddress.ip_address(pattern)
+    return pattern == host
+
+
+def _san_names(certificate: x509.Certificate) -> list[str] | None:
+    """DNS names and IP addresses of the subjectAltName; None if it has none."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    addresses = [str(ip) for ip in san.get_values_for_type(IPAddress)]
+    return [*san.get_values_for_type(DNSName), *addresses]
 
 
 def client_context() -> SSL.Context:

@@ -17,11 +17,11 @@ from datetime import datetime
 from OpenSSL import SSL
 
 from ..errors import GnomonError, KeProtocolError, QueryTimeoutError, TlsError
+from ..hostport import NTS_KE_PORT as NTS_KE_PORT
 from ..proto.nts.client import DEFAULT_AEADS, KeExchange, keys_from_response
 from ..proto.nts.ke import KeResponse
 from ..tls import ALPN_NTSKE, TlsEngine, TrustStore, client_context
 
-NTS_KE_PORT = 4460
 NTP_PORT = 123
 
 _CONTEXT: SSL.Context | None = None

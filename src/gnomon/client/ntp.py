@@ -8,7 +8,6 @@ platform gives one, so queueing in Python does not count as network delay.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import time
@@ -158,6 +157,8 @@ async def antp_exchange(
     association: Association, host: str, port: int, timing: Timing = Timing()
 ) -> tuple[Sample, tuple[str, int]]:
     """The asyncio twin of :func:`ntp_exchange`."""
+    import asyncio  # here: the blocking client need not pay for importing asyncio
+
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)

@@ -5,26 +5,32 @@ NTS-KE exchange produced, so later queries go straight to NTP until the
 cookies run out or the server stops accepting them. It can persist that
 state to a file (mode 0600, atomic replace) so a restarted program does not
 hit the KE server again.
+
+Importing it is cheap on purpose: TLS (pyOpenSSL, X.509) is imported only when a
+query needs an NTS-KE exchange, asyncio only by the asyncio methods, so a query
+answered with cookies from a session file starts in a fraction of the time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._os import write_private_file
-from ..errors import GnomonError, NoCookiesError, NtsNakError
+from ..errors import CertificateError, GnomonError, NoCookiesError, NtsNakError
+from ..hostport import NTS_KE_PORT, join_host_port, split_host_port
 from ..proto.nts.aead import aead_name
 from ..proto.nts.client import DEFAULT_AEADS, Association, Sample
-from ..tls import TrustStore
-from .ke import NTS_KE_PORT, KeResult, ake_exchange, ke_exchange
 from .ntp import Timing, antp_exchange, ntp_exchange
+
+if TYPE_CHECKING:
+    from ..tls import TrustStore
+    from .ke import KeResult
 
 STATE_VERSION = 1
 
@@ -118,29 +124,46 @@ class _ServerState:
 
 
 def parse_server(spec: str, default_port: int = NTS_KE_PORT) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
-    port = ""
-    if spec.startswith("["):
-        host, bracket, rest = spec[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise GnomonError(f"bad server {spec!r}")
-        port = rest[1:] if rest else ""
-        if rest and not port:
-            raise GnomonError(f"bad port in {spec!r}")
-    elif spec.count(":") == 1:
-        host, port = spec.split(":")
-        if not port:
-            raise GnomonError(f"bad port in {spec!r}")
-    else:
-        host = spec
-    if not host:
-        raise GnomonError(f"no host in {spec!r}")
-    if port and not (port.isascii() and port.isdigit()):
-        raise GnomonError(f"bad port in {spec!r}")
-    number = int(port) if port else default_port
-    if not 0 < number < 65536:
-        raise GnomonError(f"bad port in {spec!r}")
-    return host, number
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port``, a bare IPv6 or an IPv4 address."""
+    try:
+        host, port = split_host_port(spec, default_port)
+    except ValueError as exc:
+        raise GnomonError(f"bad server {exc}") from None
+    assert port is not None
+    return host, port
+
+
+def server_address(
+    server: str, port: int | None = None, default_port: int = NTS_KE_PORT
+) -> tuple[str, int]:
+    """Where to connect for ``query(server)`` or ``query(server, port)``.
+
+    `server` takes every form :func:`parse_server` does; a `port` argument fills in
+    a port the text leaves out, and giving both is an error rather than a guess.
+    """
+    host, written = parse_server(server, default_port)
+    if port is None:
+        return host, written
+    if split_host_port(server, None)[1] is not None:
+        raise GnomonError(f"bad server {server!r}: port given twice ({written} and {port})")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise GnomonError(f"bad port {port!r}: must be a number from 1 to 65535")
+    return host, port
+
+
+def _read_ca_file(path: Path) -> bytes:
+    """The CA file's bytes, refused now if unreadable or holding no PEM certificate.
+
+    Parsing the certificates waits until an NTS-KE exchange needs them (it imports
+    the X.509 machinery); a query served from cached cookies never does.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CertificateError(f"cannot read CA file {path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise CertificateError(f"CA file {path} holds no valid PEM certificate")
+    return data
 
 
 class Session:
@@ -163,7 +186,9 @@ class Session:
         self.aeads = tuple(aeads)
         self.timeout = timeout
         self.timing = timing or Timing(timeout=timeout)
-        self._trust = TrustStore.from_file(ca_file) if ca_file else None
+        self._ca_file = Path(ca_file) if ca_file else None
+        self._ca_pem = _read_ca_file(self._ca_file) if self._ca_file else None
+        self._trust: TrustStore | None = None
         self._servers: dict[str, _ServerState] = {}
         self._lock = threading.Lock()
         self.state_file = Path(state_file) if state_file else None
@@ -173,15 +198,22 @@ class Session:
 
     @property
     def trust(self) -> TrustStore:
-        return self._trust or TrustStore.system()
+        """The CA certificates servers are checked against (loaded on first use)."""
+        from ..tls import TrustStore
 
-    def cookies_for(self, host: str, port: int = NTS_KE_PORT) -> int:
-        state = self._servers.get(f"{host}:{port}")
+        if self._trust is None:
+            if self._ca_pem is None:
+                return TrustStore.system()
+            self._trust = TrustStore.from_pem(self._ca_pem, str(self._ca_file))
+        return self._trust
+
+    def cookies_for(self, host: str, port: int | None = None) -> int:
+        state = self._servers.get(join_host_port(*server_address(host, port)))
         return state.association.cookie_count if state else 0
 
-    def forget(self, host: str, port: int = NTS_KE_PORT) -> None:
+    def forget(self, host: str, port: int | None = None) -> None:
         with self._lock:
-            self._servers.pop(f"{host}:{port}", None)
+            self._servers.pop(join_host_port(*server_address(host, port)), None)
         self._save()
 
     # --- sync ---------------------------------------------------------------
@@ -189,7 +221,7 @@ class Session:
     def query(
         self,
         host: str,
-        port: int = NTS_KE_PORT,
+        port: int | None = None,
         *,
         ntp_server: str | None = None,
         ntp_port: int | None = None,
@@ -197,10 +229,13 @@ class Session:
     ) -> Result:
         """Authenticated time from one NTS server (NTS-KE only when needed).
 
+        `host` is a name or an address, or any form of :func:`parse_server`
+        (``"time.example:4461"``, ``"[::1]:4460"``); `port` defaults to 4460.
         ``verify_time``: check the NTS-KE certificate at that time rather than
         the system clock's (see :class:`gnomon.Clock`'s bootstrap).
         """
-        key = f"{host}:{port}"
+        host, port = server_address(host, port)
+        key = join_host_port(host, port)
         state = self._usable(key)
         if state is not None:
             try:
@@ -209,6 +244,8 @@ class Session:
                 pass  # RFC 8915 5.7: run NTS-KE again; the old cookies go once it succeeds
             finally:
                 self._save()
+        from .ke import ke_exchange
+
         ke = ke_exchange(host, port, **self._ke_options(ntp_server, ntp_port, verify_time))
         state = self._store(key, ke)
         try:
@@ -221,14 +258,15 @@ class Session:
     async def aquery(
         self,
         host: str,
-        port: int = NTS_KE_PORT,
+        port: int | None = None,
         *,
         ntp_server: str | None = None,
         ntp_port: int | None = None,
         verify_time: datetime | None = None,
     ) -> Result:
         """The asyncio twin of :meth:`query`."""
-        key = f"{host}:{port}"
+        host, port = server_address(host, port)
+        key = join_host_port(host, port)
         state = self._usable(key)
         if state is not None:
             try:
@@ -238,6 +276,8 @@ class Session:
                 pass
             finally:
                 self._save()
+        from .ke import ake_exchange
+
         ke = await ake_exchange(host, port, **self._ke_options(ntp_server, ntp_port, verify_time))
         state = self._store(key, ke)
         try:
@@ -266,10 +306,11 @@ class Session:
 
     async def aquery_many(self, servers: Iterable[str]) -> list[Result | GnomonError]:
         """Query several ``host[:port]`` servers at once; failures come back as errors."""
+        import asyncio
 
         async def one(spec: str) -> Result | GnomonError:
             try:
-                return await self.aquery(*parse_server(spec))
+                return await self.aquery(spec)
             except GnomonError as exc:
                 return exc
 
@@ -277,6 +318,8 @@ class Session:
 
     def query_many(self, servers: Iterable[str]) -> list[Result | GnomonError]:
         """Blocking form of :meth:`aquery_many` (runs its own event loop)."""
+        import asyncio
+
         return asyncio.run(self.aquery_many(list(servers)))
 
     # --- state --------------------------------------------------------------
@@ -364,7 +407,7 @@ def _session_for(
 
 def query(
     host: str,
-    port: int = NTS_KE_PORT,
+    port: int | None = None,
     *,
     ca_file: str | Path | None = None,
     timeout: float | None = None,
@@ -377,6 +420,9 @@ def query(
     >>> result = gnomon.query("time.cloudflare.com")
     >>> result.offset, result.delay, result.authenticated
 
+    `host` takes the forms of :func:`parse_server`: ``gnomon.query("localhost:24460")``
+    is ``gnomon.query("localhost", 24460)``.
+
     Without ``session`` (and with default options) a process-wide session
     keeps the cookies, so repeated calls skip NTS-KE.
     """
@@ -386,7 +432,7 @@ def query(
 
 async def aquery(
     host: str,
-    port: int = NTS_KE_PORT,
+    port: int | None = None,
     *,
     ca_file: str | Path | None = None,
     timeout: float | None = None,

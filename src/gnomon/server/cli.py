@@ -1,24 +1,24 @@
-"""``gnomon serve`` and ``gnomon check-config``."""
+"""``gnomon serve`` and ``gnomon check-config``.
+
+Only argparse at import time: `gnomon --help` and `gnomon query` build this part of
+the parser too, so each command imports what it needs in its handler.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
-import json
-import logging
 import os
 import sys
-import tempfile
-from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError, GnomonError
-from .config import EXAMPLE, ServerConfig, check_files, load_config
-from .logs import configure_logging
-from .secretfiles import read_fleet_secret
+
+TYPE_CHECKING = False  # typing itself is not imported at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any
+
+    from .config import ServerConfig
 
 DEMO_ROUGHTIME_RADIUS = 10  # seconds; the demo's clock is the machine's, unverified
 
@@ -74,6 +74,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import EXAMPLE, check_files, load_config
+    from .secretfiles import read_fleet_secret
+
     if args.file is None:
         print(EXAMPLE, end="")
         return 0
@@ -107,6 +110,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
     from ..certs import make_demo_pki
+    from .config import ServerConfig
     from .roughtime_keys import demo_long_term_key
 
     pki = make_demo_pki(directory)
@@ -126,6 +130,16 @@ def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import base64
+    import json
+    import logging
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .config import load_config
+    from .logs import configure_logging
+
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
     configure_logging(level, args.log_format)
     try:
@@ -187,12 +201,15 @@ def run_server(
     log_format: str = "text",
 ) -> None:
     """One process for everything (workers = 0), else a supervisor and its workers."""
+    from .config import check_files
     from .ports import check_ports
     from .proctitle import set_process_title
 
     check_files(config)
     check_ports(config)  # here, where one line can name the setting at fault
     if config.workers == 0:
+        import asyncio
+
         from .app import Server
 
         def single(server: Server) -> None:
