@@ -223,6 +223,63 @@ class _Validator:
         }
 
 
+class _RoughtimeValidator:
+    """Roughtime responses: every checked one matched to its request by nonce and no
+    larger than it; the first of each checked batch verified fully (signatures, path)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from gnomon.proto.roughtime.client import ClientRequest
+        from gnomon.proto.roughtime.versions import DRAFT_12, VERSION_1
+
+        self.public_key = bytes.fromhex(spec["public_key"])
+        self.by_nonce = {}
+        for request in spec["requests"]:
+            packet, nonce = bytes.fromhex(request["packet"]), bytes.fromhex(request["nonce"])
+            self.by_nonce[nonce] = ClientRequest(packet, nonce, (VERSION_1, DRAFT_12))
+        self.checked = 0
+        self.full_checked = 0
+        self.problems: Counter[str] = Counter()
+        self.sizes: Counter[int] = Counter()
+        self.versions: Counter[int] = Counter()
+
+    def check_batch(self, recv: _RecvArray, n: int) -> None:
+        from gnomon.proto.roughtime.client import verify_response
+        from gnomon.proto.roughtime.message import NONC, decode, unframe
+
+        for i in range(n):
+            data = recv.datagram(i)
+            self.checked += 1
+            self.sizes[len(data)] += 1
+            try:
+                nonce = decode(unframe(data))[NONC]
+            except Exception:
+                self.problems["not a Roughtime response"] += 1
+                continue
+            request = self.by_nonce.get(nonce)
+            if request is None:
+                self.problems["nonce matches no request"] += 1
+                continue
+            if len(data) > len(request.packet):
+                self.problems["response larger than its request"] += 1
+            if i == 0:
+                self.full_checked += 1
+                try:
+                    reply = verify_response(request, data, self.public_key)
+                except Exception as exc:  # any failure is a finding, never a crash
+                    self.problems[f"rejected: {type(exc).__name__}: {exc}"] += 1
+                    continue
+                self.versions[reply.version] += 1
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "fully_checked": self.full_checked,
+            "problems": dict(self.problems),
+            "reply_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+            "strata": {f"version 0x{k:08x}": v for k, v in sorted(self.versions.items())},
+        }
+
+
 # --- UDP load ------------------------------------------------------------------------------
 
 
@@ -237,7 +294,7 @@ def run_udp(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> dict
         inflight // n_sockets + (1 if i < inflight % n_sockets else 0) for i in range(n_sockets)
     ]
     recv = _RecvArray(max(windows) * 2)
-    validator = _Validator(spec)
+    validator = _RoughtimeValidator(spec) if spec.get("kind") == "roughtime" else _Validator(spec)
     validate_every = max(1, int(spec.get("validate_every", 64)))
     max_replies = int(spec["max_replies"])
     loss_timeout = float(spec.get("loss_timeout", 0.2))
@@ -374,7 +431,9 @@ def run_probe(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> di
     runs on this machine's clock, so the true offset is zero: what is measured is the
     asymmetry the server adds (its T2 and T3 against the wire), under whatever load the
     other load generators put on it."""
-    from gnomon.client.ntp import _ANCILLARY_SPACE, _TIMESPEC, SO_TIMESTAMPNS
+    from gnomon._os import SO_TIMESTAMPNS
+    from gnomon._os import TIMESPEC as _TIMESPEC
+    from gnomon._os import TIMESTAMP_ANCILLARY_SPACE as _ANCILLARY_SPACE
     from gnomon.errors import ResponseMismatchError
     from gnomon.proto.nts.client import Association
 
@@ -614,7 +673,7 @@ def main() -> int:
     elif spec["mode"] == "probe":
         import gnomon.proto.nts.client  # noqa: F401
     else:
-        _Validator(spec)
+        _RoughtimeValidator(spec) if spec.get("kind") == "roughtime" else _Validator(spec)
     print("READY", flush=True)
     # Wait (bounded) for "T0 T1".
     ready, _, _ = select.select([sys.stdin], [], [], 60.0)

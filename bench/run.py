@@ -1,4 +1,5 @@
-"""Side-by-side benchmark: gnomon's NTS server against chrony, on loopback, in one run.
+"""Side-by-side benchmark: gnomon's NTS server against chrony, and its Roughtime server
+against roughly's, on loopback, in one run.
 
     .venv/bin/python bench/run.py [--quick] [--duration S] [--servers gnomon,chrony,chrony-4.6]
                                   [--scenarios plain,nts0-15,...] [--workers W]
@@ -11,6 +12,10 @@ when present), started with a throwaway ECDSA P-256 PKI and bound to loopback on
   replayed by a separate load-generator process (bench/loadgen.py: non-blocking UDP,
   sendmmsg/recvmmsg, ``--inflight`` requests outstanding, a sample of replies validated).
 * NTS-KE: ``--ke-threads`` clients doing full TLS 1.3 handshakes and KE exchanges.
+* Roughtime (gnomon against roughly 0.3.0's server, ``roughly server run --no-grease``,
+  when .peers/roughly is installed): 1024-byte requests offering versions 1 and
+  0x8000000c, replayed by the same load generator with the same requests in flight;
+  a sample of responses is verified fully (signatures, Merkle path).
 
 Server CPU is utime + stime from /proc over the whole process tree (chrony's NTS-KE
 helpers, gnomon's workers), read at the start and end of each measurement window;
@@ -57,9 +62,12 @@ class Scenario:
     placeholders: int = 0
     ke: bool = False
     groups: str | None = None  # NTS-KE: the only TLS key-exchange groups the client offers
+    roughtime: bool = False
 
     @property
     def unit(self) -> str:
+        if self.roughtime:
+            return "µs/response"
         return "ms/handshake" if self.ke else "µs/reply"
 
 
@@ -71,11 +79,13 @@ SCENARIOS = [
     Scenario("nts1-30", "NTS, 1 placeholder, AEAD 30", 30, 1),
     Scenario("ke", "NTS-KE, client's default TLS groups", None, ke=True),
     Scenario("ke-x25519", "NTS-KE, client offers X25519 only", None, ke=True, groups="X25519"),
+    Scenario("roughtime", "Roughtime, 1024 B requests", None, roughtime=True),
 ]
 SCENARIO_BY_KEY = {s.key: s for s in SCENARIOS}
 
 SERVER_ALIASES = {
     "gnomon": "gnomon",
+    "roughly": "roughly",
     "chrony": "chrony-4.3",
     "chrony43": "chrony-4.3",
     "chrony-4.3": "chrony-4.3",
@@ -194,7 +204,10 @@ class Bench:
         self.pki = make_demo_pki(self.tmp / "pki", key_type="ecdsa-p256")
         self.gnomon_options = srv.gnomon_serve_options()
         for key in wanted:
-            if key in ("gnomon", "gnomon-base"):
+            if key == "roughly":
+                log(f"starting roughly ({srv.ROUGHLY})")
+                server = srv.start_roughly(self.tmp / key, lifetime=lifetime, cpus=self.server_cpus)
+            elif key in ("gnomon", "gnomon-base"):
                 log(f"starting {key}")
                 server = srv.start_gnomon(
                     self.tmp / key,
@@ -235,9 +248,15 @@ class Bench:
     def prepare(self, scenarios: list[Scenario]) -> None:
         count = self.args.requests
         plain = srv.plain_requests(count)
+        roughtime = srv.roughtime_requests(count) if any(s.roughtime for s in scenarios) else None
         for server in self.servers:
+            if server.key == "roughly":
+                for scenario in scenarios:
+                    if not scenario.roughtime:
+                        self.skipped[(scenario.key, server.key)] = "serves Roughtime only"
             sessions_by_aead: dict[int, Any] = {}
-            for aead in sorted({s.aead for s in scenarios if s.aead is not None}):
+            aeads = {s.aead for s in scenarios if s.aead is not None}
+            for aead in sorted(aeads if server.key != "roughly" else ()):
                 try:
                     sessions_by_aead[aead] = srv.ke_sessions(
                         server.ke_port, self.pki.ca_cert, aead, self.args.sessions
@@ -246,7 +265,20 @@ class Bench:
                     sessions_by_aead[aead] = exc
             for scenario in scenarios:
                 key = (scenario.key, server.key)
-                if scenario.ke:
+                if scenario.ke or key in self.skipped:
+                    continue
+                if scenario.roughtime:
+                    if not server.roughtime_port or roughtime is None:
+                        self.skipped[key] = "no Roughtime server"
+                        continue
+                    try:
+                        check = srv.roughtime_preflight(server.roughtime_port, roughtime)
+                    except Exception as exc:
+                        self.skipped[key] = f"pre-flight failed: {exc}"
+                        log(f"{server.label}: {scenario.key} pre-flight failed: {exc}")
+                        continue
+                    self.request_sets[key] = roughtime
+                    self.results.setdefault(scenario.key, {})[server.key] = {"preflight": check}
                     continue
                 if scenario.aead is None:
                     request_set = plain
@@ -294,7 +326,7 @@ class Bench:
                 spec = {
                     "mode": "udp",
                     "host": srv.HOST,
-                    "port": server.ntp_port,
+                    "port": server.roughtime_port if scenario.roughtime else server.ntp_port,
                     "sockets": max(1, args.sockets // procs),
                     "inflight": max(1, inflight),
                     "max_replies": args.max_replies // procs,
@@ -406,6 +438,8 @@ class Bench:
             3,
         )
         cap = server.ke_processes if scenario.ke else server.ntp_processes
+        if scenario.roughtime:
+            cap = server.roughtime_processes
         out["bound"] = _bound(out["server_util"], cap, out["loadgen_util"], procs, out["machine"])
         if out["other_cores"] > OTHER_LOAD_LIMIT:
             out["bound"] += f", other load {out['other_cores']:.2f} cores"
@@ -732,6 +766,32 @@ def quality_table(bench: Bench) -> tuple[list[str], list[list[str]], list[str]]:
     return header, rows, sentences
 
 
+def roughtime_sentences(bench: Bench) -> list[str]:
+    """Roughtime: each server's responses/s and CPU per response with their ranges over
+    the rounds, and gnomon's ratio to roughly."""
+    entries = bench.results.get("roughtime", {})
+    parts = []
+    for server in bench.servers:
+        entry = entries.get(server.key, {})
+        if entry.get("server_per_op") is None:
+            continue
+        pers = [p for p in entry.get("server_per_op_all", [entry["server_per_op"]]) if p]
+        rates = [r for r in entry.get("rate_all", [entry["rate"]]) if r]
+        parts.append(
+            f"{server.label} {entry['rate']:,.0f} responses/s "
+            f"({min(rates):,.0f}-{max(rates):,.0f}), {entry['server_per_op']:.1f} µs CPU "
+            f"per response ({min(pers):.1f}-{max(pers):.1f}) over {len(pers)} round(s)"
+        )
+    if not parts:
+        return []
+    gnomon = entries.get("gnomon", {}).get("server_per_op")
+    roughly = entries.get("roughly", {}).get("server_per_op")
+    ratio = (
+        f"; gnomon/roughly CPU per response {gnomon / roughly:.2f}x" if gnomon and roughly else ""
+    )
+    return ["Roughtime (median, range over rounds): " + "; ".join(parts) + ratio + "."]
+
+
 def build_table(bench: Bench, scenarios: list[Scenario]) -> tuple[list[str], list[list[str]]]:
     servers = bench.servers
     chronys = [s for s in servers if s.key != "gnomon"]
@@ -902,6 +962,7 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
             + ". The certificate is ECDSA P-256 for every server; the first handshake of "
             "each client process verifies it fully, later ones recognise it (client cost only)."
         )
+    notes += roughtime_sentences(bench)
     for server in bench.servers:
         notes += [f"{server.label}: {note}" for note in server.notes]
     for (scenario_key, server_key), reason in bench.skipped.items():
@@ -1127,6 +1188,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = ["gnomon", "chrony-4.3"]
         if modern.exists() and os.access(modern, os.X_OK):
             wanted.append("chrony-4.6")
+        if any(s.roughtime for s in scenarios) and os.access(srv.ROUGHLY, os.X_OK):
+            wanted.append("roughly")
     else:
         wanted = []
         for name in args.servers.split(","):
@@ -1142,6 +1205,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--baseline {args.baseline}: no gnomon package there", file=sys.stderr)
             return 2
         wanted.append("gnomon-base")
+    if "roughly" in wanted and not os.access(srv.ROUGHLY, os.X_OK):
+        print(
+            f"roughly not found at {srv.ROUGHLY} (run scripts/install-roughly.sh)",
+            file=sys.stderr,
+        )
+        return 2
     if "chrony-4.6" in wanted and not os.access(modern, os.X_OK):
         print(
             f"chrony 4.6 not found at {modern} (run scripts/install-chrony-modern.sh)",
@@ -1197,7 +1266,8 @@ def main(argv: list[str] | None = None) -> int:
                 (s.info.get("layout") for s in bench.servers if s.key == "gnomon"), "not run"
             ),
             "chrony_layout": next(
-                (s.info.get("layout") for s in bench.servers if s.key != "gnomon"), "not run"
+                (s.info.get("layout") for s in bench.servers if s.key.startswith("chrony")),
+                "not run",
             ),
             "chrony_ntsprocesses": args.ke_workers or 1,
             "quality": args.quality,

@@ -114,6 +114,8 @@ class Server:
     pid: int = 0
     ntp_processes: int = 1  # processes answering NTP (the CPU they can use at most)
     ke_processes: int = 1  # processes doing NTS-KE
+    roughtime_port: int = 0  # 0: no Roughtime
+    roughtime_processes: int = 1
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     roles: dict[int, str] = field(default_factory=dict)  # pid -> what it does
@@ -260,6 +262,15 @@ def start_gnomon(
         "ke_rate_interval = 0.000001\n"
         "ke_rate_burst = 1000000\n"
     )
+    if "--roughtime-port" in options and source is None:
+        # Roughtime too (a worker of its own, idle in the NTS scenarios), with the same
+        # long-term key as roughly's server in this run.
+        from gnomon.server.roughtime_keys import write_long_term_key
+
+        key_file = directory / "roughtime.key"
+        write_long_term_key(key_file, roughtime_long_term_key())
+        with config.open("a") as handle:
+            handle.write(f'[roughtime]\nenabled = true\nport = 0\nlong_term_key = "{key_file}"\n')
     ready = directory / "ready.json"
     argv = [
         sys.executable,
@@ -317,10 +328,14 @@ def start_gnomon(
     server.roles = roles
     ntp = sum(1 for role in roles.values() if role.startswith("ntp"))
     ke = sum(1 for role in roles.values() if role.startswith("ke"))
+    roughtime = sum(1 for role in roles.values() if role.startswith("roughtime"))
     server.ntp_processes = max(1, ntp)
     server.ke_processes = max(1, ke)
+    server.roughtime_processes = max(1, roughtime)
+    server.roughtime_port = int(info.get("roughtime_port") or 0)
     server.info["layout"] = (
         f"supervisor + {ntp} NTP worker(s) + {ke} NTS-KE worker(s)"
+        + (f" + {roughtime} Roughtime worker(s)" if roughtime else "")
         if "supervisor" in info
         else "one process for NTP and NTS-KE"
     )
@@ -415,6 +430,114 @@ def start_chrony(
     return server
 
 
+# --- roughly (Roughtime) ---------------------------------------------------------------------
+
+ROUGHLY = REPO / ".peers" / "roughly" / "bin" / "roughly"
+# One long-term key for both Roughtime servers of a run (requests name it in SRV).
+_ROUGHTIME_SEED = bytes(range(100, 132))
+
+
+def roughtime_long_term_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(_ROUGHTIME_SEED)
+
+
+def roughtime_public_key() -> bytes:
+    return bytes(roughtime_long_term_key().public_key().public_bytes_raw())
+
+
+def roughly_version() -> str:
+    python = ROUGHLY.parent / "python"
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('roughly'))"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return out.stdout.strip() or "?"
+
+
+def start_roughly(directory: Path, *, lifetime: float, cpus: Sequence[int] | None) -> Server:
+    """roughly's Roughtime server (one asyncio process, batches of 5 ms) on 127.0.0.1."""
+    import base64
+
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    version = roughly_version()
+    env = {**os.environ, "ROUGHLY_PRIVATE_KEY": base64.b64encode(_ROUGHTIME_SEED).decode()}
+    argv = [str(ROUGHLY), "server", "run", "--host", HOST, "--port", str(port), "--no-grease"]
+    log_path = directory / "roughly.log"
+    server = Server(
+        key="roughly",
+        label=f"roughly {version}",
+        version=version,
+        popen=_spawn(argv, log_path, lifetime, cpus, env=env),
+        log_path=log_path,
+        roughtime_port=port,
+    )
+    server.info["argv"] = argv
+    server.info["layout"] = "one asyncio process (Roughtime only)"
+    server.find_pid()
+    server.roles[server.pid] = "roughly server"
+    deadline = time.monotonic() + 30
+    while not _listening(server.pid, port, "udp", "07"):
+        if not server.alive():
+            raise server.fail("exited before it was ready")
+        if time.monotonic() > deadline:
+            raise server.fail("UDP port not bound within 30 s")
+        time.sleep(0.05)
+    return server
+
+
+def roughtime_requests(count: int) -> RequestSet:
+    """``count`` 1024-byte requests offering versions 1 and 0x8000000c, naming the run's
+    long-term key in SRV."""
+    from gnomon.proto.roughtime.client import build_request
+    from gnomon.proto.roughtime.versions import DRAFT_12, VERSION_1
+
+    public = roughtime_public_key()
+    requests = []
+    for _ in range(count):
+        request = build_request(os.urandom(32), (VERSION_1, DRAFT_12), server_key=public)
+        requests.append({"packet": request.packet.hex(), "nonce": request.nonce.hex()})
+    return RequestSet(requests, [], len(bytes.fromhex(requests[0]["packet"])), "roughtime")
+
+
+def roughtime_preflight(port: int, request_set: RequestSet, samples: int = 4) -> dict[str, Any]:
+    """A few requests one by one, each response verified fully; raises on a bad one."""
+    from gnomon.proto.roughtime.client import ClientRequest, verify_response
+    from gnomon.proto.roughtime.versions import DRAFT_12, VERSION_1
+
+    public = roughtime_public_key()
+    seen: dict[str, Any] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(2.0)
+        sock.connect((HOST, port))
+        for request in request_set.requests[:samples]:
+            packet = bytes.fromhex(request["packet"])
+            sent = ClientRequest(packet, bytes.fromhex(request["nonce"]), (VERSION_1, DRAFT_12))
+            reply = b""
+            for _ in range(3):
+                sock.send(packet)
+                try:
+                    reply = sock.recv(4096)
+                    break
+                except TimeoutError:
+                    continue
+            if not reply:
+                raise RuntimeError("no Roughtime response within 3 tries of 2 s")
+            verified = verify_response(sent, reply, public)
+            seen = {
+                "version": f"0x{verified.version:08x}",
+                "radius_s": verified.radius,
+                "response_bytes": len(reply),
+                "request_bytes": len(packet),
+            }
+    return seen
+
+
 # --- NTS material: sessions, precomputed requests, a pre-flight check ---------------------
 
 
@@ -425,9 +548,13 @@ class RequestSet:
     requests: list[dict[str, Any]]
     sessions: list[dict[str, Any]]
     packet_len: int
+    kind: str = "ntp"  # or "roughtime": how the load generator checks replies
 
     def spec(self) -> dict[str, Any]:
-        return {"requests": self.requests, "sessions": self.sessions}
+        spec = {"requests": self.requests, "sessions": self.sessions, "kind": self.kind}
+        if self.kind == "roughtime":
+            spec["public_key"] = roughtime_public_key().hex()
+        return spec
 
 
 def ke_sessions(port: int, ca: Path, aead: int, count: int, timeout: float = 5.0) -> list[Any]:
