@@ -29,6 +29,8 @@ def main() -> int:
                 "0",
                 "--ntp-port",
                 "0",
+                "--roughtime-port",
+                "0",
                 "--ready-file",
                 str(ready),
                 "--log-level",
@@ -69,6 +71,8 @@ def main() -> int:
                     " cookies.\nThe demo server has no upstream clock, so it honestly says"
                     " leap 3 / stratum 16."
                 )
+            if status == 0:
+                status = roughtime_query(info)
             return status
         finally:
             server.terminate()
@@ -76,6 +80,21 @@ def main() -> int:
                 server.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def roughtime_query(info: dict[str, object]) -> int:
+    """The same server over Roughtime: signed time checked with its public key alone."""
+    target = f"127.0.0.1:{info['roughtime_port']}"
+    key = str(info["roughtime_public_key"])
+    print(f"\n$ gnomon roughtime {target} --key {key}", flush=True)
+    status = subprocess.call([sys.executable, "-m", "gnomon", "roughtime", target, "--key", key])
+    if status == 0:
+        print(
+            "\nSigned over Roughtime: verified with the server's Ed25519 public key alone (no"
+            " certificate,\nno clock needed). With no upstream the demo signs its local clock"
+            " with a 10 s radius."
+        )
+    return status
 
 
 if __name__ == "__main__":

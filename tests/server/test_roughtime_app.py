@@ -25,6 +25,7 @@ from gnomon.server.metrics import MetricsExporter
 from gnomon.server.roughtime_keys import (
     make_online_keys,
     public_key_of,
+    read_long_term_key,
     write_long_term_key,
     write_online_keys,
 )
@@ -204,6 +205,37 @@ def test_serve_with_offline_delegations(tmp_path: Path) -> None:
         assert packet is not None
         reply = verify_response(sent, packet, PUBLIC)
         assert reply.mint == now - 600 and reply.radius == 5
+    finally:
+        assert server.stop() == 0
+
+
+def test_keygen_and_delegate_commands_make_files_the_server_serves(tmp_path: Path) -> None:
+    """The operator's path: keygen, delegate (where the long-term key lives), then a
+    server that only has the delegations."""
+    key = tmp_path / "long-term.key"
+    delegations = tmp_path / "online.json"
+
+    def gnomon(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "gnomon", "roughtime", *args],
+            capture_output=True,
+            text=True,
+            timeout=WAIT * 4,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    printed = gnomon("keygen", "--out", str(key))
+    public = read_long_term_key(key).public_key().public_bytes_raw()
+    assert base64.b64encode(public).decode() in printed
+    gnomon("delegate", "--key", str(key), "--out", str(delegations), "--days", "1", "--count", "2")
+    assert delegations.stat().st_mode & 0o777 == 0o600
+    server = ServerProcess(serve_toml(tmp_path, delegations), tmp_path / "ready.json")
+    try:
+        sent = build_request(os.urandom(32), (VERSION_1, DRAFT_12), server_key=public)
+        packet = ask(int(server.info["roughtime_port"]), sent)
+        assert packet is not None
+        assert verify_response(sent, packet, public).version == VERSION_1
     finally:
         assert server.stop() == 0
 

@@ -35,7 +35,6 @@ import contextlib
 import json
 import logging
 import os
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from .._os import write_private_file
 from ..errors import ConfigError, GnomonError
 from ..proto.roughtime.delegation import Delegation, delegate
+from .secretfiles import check_private_file
 
 log = logging.getLogger("gnomon.roughtime")
 
@@ -82,21 +82,13 @@ def public_key_of(key: Ed25519PrivateKey) -> bytes:
 
 
 def _read_private(path: Path, what: str) -> str:
-    """The text of a private file; ConfigError (one line) if missing or open to others."""
+    """The text of a private file; ConfigError (one line) if missing, not a regular
+    file, or open to other users (``secretfiles.check_private_file``)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        check_private_file(path, what, {0, os.geteuid()})
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{what} {path} is not a regular file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                f"{what} {path} is open to other users (mode {mode:04o}); chmod 600 {path}"
-            )
-        data = handle.read(1 << 20)
     try:
         return data.decode()
     except UnicodeDecodeError:
