@@ -32,20 +32,27 @@ def node_hash(left: bytes, right: bytes, size: int = 32) -> bytes:
     return hashlib.sha512(b"\x01" + left + right).digest()[:size]
 
 
-def build_tree(leaves: Sequence[bytes], size: int = 32) -> tuple[bytes, list[list[bytes]]]:
-    """The root over already hashed ``leaves`` and one path per leaf (lowest level first)."""
+def build_tree(leaves: Sequence[bytes], size: int = 32) -> tuple[bytes, list[bytes]]:
+    """The root over already hashed ``leaves`` and each leaf's PATH (sibling hashes, lowest
+    level first, concatenated). Every path has the same length: one response shape per batch.
+    """
     if not leaves:
         raise ValueError("a Merkle tree needs at least one leaf")
-    paths: list[list[bytes]] = [[] for _ in leaves]
-    positions = list(range(len(leaves)))
+    sha512 = hashlib.sha512
+    levels: list[list[bytes]] = []
     level = list(leaves)
     while len(level) > 1:
         if len(level) % 2:
             level.append(level[0])
-        for leaf, position in enumerate(positions):
-            paths[leaf].append(level[position ^ 1])
-            positions[leaf] = position >> 1
-        level = [node_hash(level[i], level[i + 1], size) for i in range(0, len(level), 2)]
+        levels.append(level)
+        level = [
+            sha512(b"\x01" + level[i] + level[i + 1]).digest()[:size]
+            for i in range(0, len(level), 2)
+        ]
+    paths = [
+        b"".join([levels[depth][(index >> depth) ^ 1] for depth in range(len(levels))])
+        for index in range(len(leaves))
+    ]
     return level[0], paths
 
 

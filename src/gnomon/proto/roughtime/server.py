@@ -182,14 +182,12 @@ class RoughtimeServer:
             )
             signature = self.online_key.sign(family.rules_context + srep)
             # Every response of the group has the same value sizes: one header for all.
-            path_size = 32 * len(paths[0])
+            path_size = len(paths[0])
             head = m.header(_RESPONSE_TAGS, (64, 32, 4, path_size, len(srep), len(family.cert), 4))
             shared_tail = srep + family.cert
             length = len(head) + 64 + 32 + 4 + path_size + len(shared_tail) + 4
             frame_head = m.MAGIC + m.u32(length)
-            for leaf_index, (position, path_hashes) in enumerate(
-                zip(positions, paths, strict=True)
-            ):
+            for leaf_index, (position, path) in enumerate(zip(positions, paths, strict=True)):
                 request = requests[position]
                 response = b"".join(
                     (
@@ -198,7 +196,7 @@ class RoughtimeServer:
                         signature,
                         request.nonce,
                         _TYPE_RESPONSE,
-                        *path_hashes,
+                        path,
                         shared_tail,
                         m.u32(leaf_index),
                     )
