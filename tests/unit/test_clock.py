@@ -385,6 +385,10 @@ def test_bad_toml_configurations(tmp_path: Path, text: str) -> None:
         Clock(config)
 
 
+def test_one_url_is_one_source_not_a_file() -> None:
+    assert [s.name for s in Clock("nts://a.example").sources] == ["nts://a.example"]
+
+
 def test_a_clock_needs_distinct_sources() -> None:
     with pytest.raises(ConfigError):
         Clock([])

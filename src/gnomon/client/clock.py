@@ -237,6 +237,8 @@ class Clock:
         roughtime_query: RoughtimeQuery | None = None,
     ) -> None:
         base_dir: Path | None = None
+        if isinstance(sources, str) and "://" in sources:
+            sources = [sources]  # one source URL, not a file
         if isinstance(sources, str | Path):
             options = load_config(sources)
             listed: Iterable[str | Source] = options.pop("sources")
@@ -299,7 +301,8 @@ class Clock:
         """The time, refreshed first if there has been no agreement yet or it is stale.
 
         Raises :class:`~gnomon.NoMajorityError` (or another :class:`GnomonError`)
-        when no agreement was ever reached.
+        when no agreement was ever reached. A refresh blocks; in asyncio code use
+        :meth:`anow` (or ``async with clock``) so the event loop keeps running.
         """
         if self._needs_refresh():
             try:
