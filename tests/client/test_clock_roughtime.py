@@ -1,8 +1,10 @@
 """gnomon.Clock with gnomon Roughtime servers on loopback (signed time, real client).
 
-The Roughtime servers are gnomon's sans-I/O server on loopback sockets, signing this
-machine's clock (one of them shifted); the NTS servers are gnomon's, with certificates
-valid only today. The client's idea of "now" is injected, never set.
+gnomon servers serve NTS and Roughtime together (``gnomon serve``'s services, in
+process), with certificates valid only today; for lies of years, whose delegations
+the real service would not sign, gnomon's sans-I/O Roughtime server answers on
+loopback sockets instead (LiveRoughtime). The client's idea of "now" is injected,
+never set.
 """
 
 from __future__ import annotations
@@ -41,6 +43,26 @@ def roughtime() -> Iterator[list[LiveRoughtime]]:
     finally:
         for server in servers:
             server.close()
+
+
+def test_gnomon_servers_serving_both_protocols_agree_and_the_liar_is_named_twice(
+    pki: DemoPki,
+) -> None:
+    with NtsServers(pki, lies=[0, 0, 0, 3600], roughtime=True) as both:
+        clock = Clock([*both.urls, *both.roughtime_urls])
+        now = clock.now()
+        real = time.time_ns()
+        status = clock.status()
+    assert abs(now.unix_ns - real) <= now.error_ns + SLACK_NS
+    assert now.error < 0.05
+    liars = [both.urls[3].split("?")[0], both.roughtime_urls[3].split("?")[0]]
+    assert status.falsetickers == liars
+    assert len(status.agreed) == 6
+    rows = {row.name: row for row in status.sources}
+    assert rows[liars[1]].kind == "roughtime"
+    assert rows[liars[1]].offset == pytest.approx(3600, abs=5)
+    honest_rough = rows[both.roughtime_urls[0].split("?")[0]]
+    assert honest_rough.state == "agreed" and abs(honest_rough.offset or 0) < 5
 
 
 def test_roughtime_and_nts_agree_and_the_lying_roughtime_server_is_named(

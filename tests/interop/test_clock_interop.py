@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gnomon.certs import DemoPki
 from gnomon.client.clock import Clock
-from tests.client.servers import LiveRoughtime, NtsServers
+from tests.client.servers import NtsServers
 from tests.peers import ChronyServer, chrony_nts_server
 from tests.peers.roughly import RoughlyServer, roughly_server
 
@@ -44,18 +44,10 @@ def chrony(tmp_path: Path, demo_pki: DemoPki) -> Iterator[ChronyServer]:
 
 
 @pytest.fixture
-def gnomon_nts(demo_pki: DemoPki) -> Iterator[NtsServers]:
-    with NtsServers(demo_pki, lies=[0, 3600]) as servers:
+def gnomon(demo_pki: DemoPki) -> Iterator[NtsServers]:
+    """gnomon servers with NTS and Roughtime (gnomon serve's services, in process)."""
+    with NtsServers(demo_pki, lies=[0, 3600], roughtime=True) as servers:
         yield servers
-
-
-@pytest.fixture
-def gnomon_roughtime() -> Iterator[LiveRoughtime]:
-    server = LiveRoughtime(21)
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -68,16 +60,15 @@ def roughly(tmp_path: Path) -> Iterator[RoughlyServer]:
 def sources(
     demo_pki: DemoPki,
     chrony: ChronyServer,
-    gnomon_nts: NtsServers,
-    gnomon_roughtime: LiveRoughtime,
+    gnomon: NtsServers,
     roughly: RoughlyServer,
 ) -> list[str]:
     return [
         f"nts://127.0.0.1:{chrony.ke_port}?ca={demo_pki.ca_cert}",
-        gnomon_nts.urls[0],
-        gnomon_roughtime.url,
+        gnomon.urls[0],
+        gnomon.roughtime_urls[0],
         roughly_url(roughly),
-        gnomon_nts.urls[1],  # the liar
+        gnomon.urls[1],  # the liar, an hour ahead
     ]
 
 
