@@ -145,9 +145,12 @@ class RawKeClient:
         alpn: Sequence[bytes] | None = (ALPN_NTSKE,),
         max_version: int | None = None,
         timeout: float = WAIT,
+        source: str | None = None,
     ) -> None:
         self.deadline = time.monotonic() + timeout
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+        self.sock = socket.create_connection(
+            (LOOPBACK, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.tls = TlsEngine(client_context(alpn=alpn, max_version=max_version), server_side=False)
 
     def _remaining(self) -> float:

@@ -274,9 +274,10 @@ async def _wait_service_active(service: KeService, count: int) -> None:
 async def test_max_connections_refuses_the_third_then_serves_later(pki: DemoPki) -> None:
     async with running_server(base_config(pki, ke_max_connections=2)) as server:
         port = server.bound_ke_port
-        first = socket.create_connection((LOOPBACK, port), timeout=5)
-        second = socket.create_connection((LOOPBACK, port), timeout=5)
+        first, second = RawKeClient(port), RawKeClient(port)
         try:
+            for busy in (first, second):  # TLS up: neither is idle
+                await asyncio.to_thread(busy.handshake)
             await _wait_active(server, 2)
             with pytest.raises(Refused):
                 await asyncio.to_thread(ke_request, port, GOOD, timeout=3.0)
@@ -288,6 +289,30 @@ async def test_max_connections_refuses_the_third_then_serves_later(pki: DemoPki)
         for _ in range(3):
             outcome = await asyncio.to_thread(ke_request, port, GOOD)
             assert len(cookies(outcome.records)) == MAX_COOKIES
+
+
+async def test_at_the_cap_the_oldest_idle_connection_makes_room(pki: DemoPki) -> None:
+    """Connections without a whole ClientHello are closed oldest first for new ones."""
+    async with running_server(base_config(pki, ke_max_connections=3)) as server:
+        port = server.bound_ke_port
+        busy = RawKeClient(port)  # the oldest, but past its ClientHello: kept
+        idle = []
+        try:
+            await asyncio.to_thread(busy.handshake)
+            for _ in range(2):
+                idle.append(socket.create_connection((LOOPBACK, port), timeout=5))
+                await _wait_active(server, len(idle) + 1)
+            outcome = await asyncio.to_thread(ke_request, port, GOOD)
+            assert len(cookies(outcome.records)) == MAX_COOKIES
+            assert await asyncio.to_thread(wait_closed, idle[0], 2.0) < 2.0  # made room
+            assert _still_open(idle[1]) and _still_open(busy.sock)
+            service = server.ke_service
+            assert service is not None
+            assert service.evicted == 1 and service.rejected == 0
+        finally:
+            busy.close()
+            for sock in idle:
+                sock.close()
 
 
 async def test_dual_stack_listen(pki: DemoPki) -> None:

@@ -47,6 +47,7 @@ _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _CLOSED = KeServerState.CLOSED
+_HELLO = KeServerState.HELLO
 
 
 @dataclass
@@ -74,7 +75,8 @@ class KeService:
         self.acl = None if acl is None or acl.unrestricted else acl
         self.rate_limiter = rate_limiter
         self.active = 0
-        self.rejected = 0  # over the connection cap
+        self.rejected = 0  # over the connection cap, with no idle connection to close
+        self.evicted = 0  # idle (no whole ClientHello) closed to make room at the cap
         self.denied = 0  # by the allow/deny lists
         self.rate_limited = 0
         self.timeouts = 0
@@ -91,6 +93,7 @@ class KeService:
             "tls_failure": self.tls_failures,
             "timeout": self.timeouts,
             "over_capacity": self.rejected,
+            "evicted": self.evicted,
             "denied": self.denied,
             "rate_limited": self.rate_limited,
             "no_request": self.no_request,
@@ -167,6 +170,16 @@ class KeService:
                 else:
                     log.warning("NTS-KE accept failed: %s", exc)
                 return
+            # Full: the oldest connection that has not sent a whole ClientHello makes room
+            # (an idle flood cannot lock clients out); with none, this one is refused, and
+            # that is not charged to its address's rate limit.
+            idle = None
+            if self.active >= limits.max_connections:
+                idle = self._oldest_idle()
+                if idle is None:
+                    self.rejected += 1
+                    _close(fd)
+                    continue
             if acl is not None or limiter is not None:
                 host = str(peer[0]) if peer else ""
                 if acl is not None and not acl.permits(host):
@@ -177,10 +190,9 @@ class KeService:
                     self.rate_limited += 1
                     _close(fd)
                     continue
-            if self.active >= limits.max_connections:
-                self.rejected += 1
-                _close(fd)
-                continue
+            if idle is not None:
+                self.evicted += 1
+                idle.close()
             try:
                 os.set_blocking(fd, False)
                 sock = _KeSocket(
@@ -211,6 +223,14 @@ class KeService:
             sock.readable()
             if sock.fd >= 0 and not sock.watching:
                 sock.watch(_EPOLLIN)
+
+    def _oldest_idle(self) -> _KeSocket | None:
+        """The open connection accepted first among those still waiting for a whole
+        ClientHello (the deadline queue is in accept order)."""
+        for sock in self._deadlines:
+            if sock.fd >= 0 and sock.connection.state is _HELLO:
+                return sock
+        return None
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0 and self._loop is not None:  # not closed meanwhile
