@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 import gnomon
-from gnomon.certs import DemoPki
-from gnomon.errors import ConfigError
+from gnomon.certs import DemoPki, make_demo_pki
+from gnomon.client.ke import KeResult, ke_exchange
+from gnomon.client.ntp import Timing, ntp_exchange
+from gnomon.errors import ConfigError, GnomonError
+from gnomon.proto.nts.client import Association
 from gnomon.server.keys import FileKeyStore
 from gnomon.server.secretfiles import read_fleet_secret
+from gnomon.server.status import fetch_metrics
+from gnomon.tls import TrustStore
+from tests.fleet.hosts import FleetHost
+from tests.peers.proc import free_port, wait_until
 
 from .helpers import ServerProcess
 
@@ -212,3 +224,143 @@ def test_fleet_secret_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"belongs to nobody, not root"):
         read_fleet_secret(path)
     assert len(read_fleet_secret(path, user="nobody")) == 32  # the user the server runs as
+
+
+# --- a privilege drop that survives rotations, metrics and renewals (issue 11, item 1) --
+
+PERIOD = 10  # the shortest rotation period: the test sees two rotations
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A folder every user can reach (pytest's tmp_path sits in a folder only root can
+    enter, so an unprivileged worker could not reach its files)."""
+    path = Path(tempfile.mkdtemp(prefix="gnomon-drop-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _install_root_only(source: DemoPki, cert: Path, key: Path) -> None:
+    """Replace the files atomically, the key readable by root only (certbot's way)."""
+    for src, dst, mode in ((source.cert_chain, cert, 0o644), (source.key, key, 0o600)):
+        temporary = dst.with_name(dst.name + ".new")
+        shutil.copyfile(src, temporary)
+        os.chown(temporary, 0, 0)
+        temporary.chmod(mode)
+        os.replace(temporary, dst)
+
+
+def _ke(ca: Path, port: int) -> KeResult:
+    return ke_exchange("127.0.0.1", port, trust=TrustStore.from_file(ca), timeout=5.0)
+
+
+def _nts_ok(ke: KeResult, port: int, cookie: int = 0) -> bool:
+    association = Association(
+        ke.response.aead, ke.c2s, ke.s2c, ke.response.cookies[cookie : cookie + 1]
+    )
+    sample, _ = ntp_exchange(association, "127.0.0.1", port, Timing(timeout=3.0))
+    return sample.stratum == 10
+
+
+def _next_period() -> None:
+    """Wait for the next rotation (and the worker's once-a-second look at its ring)."""
+    time.sleep(PERIOD - time.time() % PERIOD + 1.5)
+
+
+def test_privilege_drop_survives_rotations_metrics_and_renewal(open_dir: Path) -> None:
+    assert os.geteuid() == 0, "this test checks dropping root, so it runs as root"
+    nobody = pwd.getpwnam("nobody")
+    first, renewed = make_demo_pki(open_dir / "pki1"), make_demo_pki(open_dir / "pki2")
+    tls = open_dir / "tls"
+    tls.mkdir(mode=0o755)
+    cert, key = tls / "fullchain.pem", tls / "privkey.pem"
+    _install_root_only(first, cert, key)
+    state = open_dir / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    keys = state / "keys.json"
+    lock = state / "keys.json.lock"
+    lock.touch(mode=0o600)  # left by an older gnomon that made it as root
+    metrics_port = free_port("127.0.0.1", udp=False)
+    config = open_dir / "gnomon.toml"
+    config.write_text(
+        f"""
+[server]
+listen = ["127.0.0.1"]
+ntp_port = 0
+ke_port = 0
+workers = 1
+user = "nobody"
+[tls]
+certificate = "{cert}"
+key = "{key}"
+[keys]
+path = "{keys}"
+rotation_period = {PERIOD}
+keep_old = 2
+[time]
+local_stratum = 10
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"""
+    )
+    host = FleetHost("drop", config, open_dir)
+    try:
+        ke_port, ntp_port = host.info["ke_port"], host.info["ntp_port"]
+        workers = [pid for name, pid in host.info["pids"].items()]
+        assert {_uid_of(pid) for pid in workers} == {nobody.pw_uid}
+        exchanges = [_ke(first.ca_cert, ke_port)]
+        assert _nts_ok(exchanges[0], ntp_port)
+        for _ in range(2):  # two rotations: keys created and the file rewritten by nobody
+            _next_period()
+            exchanges.append(_ke(first.ca_cert, ke_port))
+            assert exchanges[-1].response.cookies[0][:4] != exchanges[-2].response.cookies[0][:4]
+            for n, ke in enumerate(exchanges):
+                assert _nts_ok(ke, ntp_port, cookie=1 + n), f"cookie of exchange {n}"
+        for path in (keys, lock):
+            info = path.stat()
+            assert (info.st_uid, info.st_mode & 0o777) == (nobody.pw_uid, 0o600), path
+
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+        def counted() -> bool:
+            values = fetch_metrics(url)
+            ke_ok = values.get("gnomon_ke_connections_total", {}).get("ok", 0)
+            nts = values.get("gnomon_ntp_requests_total", {}).get("nts", 0)
+            return ke_ok == 3 and nts == 6
+
+        assert wait_until(counted, 10, interval=0.25), fetch_metrics(url)
+        values = fetch_metrics(url)
+        assert values["gnomon_key_store_reachable"][""] == 1
+        assert values["gnomon_cookie_key_id"][""] == int.from_bytes(
+            exchanges[-1].response.cookies[0][:4], "big"
+        )
+
+        # A renewal whose key only root may read reaches the unprivileged KE worker.
+        _install_root_only(renewed, cert, key)
+
+        def renewal_served() -> bool:
+            try:
+                return _nts_ok(_ke(renewed.ca_cert, ke_port), ntp_port)
+            except GnomonError:
+                return False
+
+        assert wait_until(renewal_served, 10, interval=0.25)
+        with pytest.raises(GnomonError):
+            _ke(first.ca_cert, ke_port)  # the old certificate is gone
+        expiry = fetch_metrics(url)["gnomon_certificate_expiry_timestamp_seconds"][""]
+        assert expiry == _not_after(renewed.cert_chain)
+        assert host.process.poll() is None
+    finally:
+        host.stop()
+    log = (open_dir / "drop.log").read_text()
+    assert "certificate reloaded" in log
+    for bad in ("Permission denied", "Traceback", "ERROR", "key store failing"):
+        assert bad not in log, log[-4000:]
+
+
+def _not_after(chain: Path) -> float:
+    return x509.load_pem_x509_certificates(chain.read_bytes())[0].not_valid_after_utc.timestamp()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
 from ..proto.acl import Acl
@@ -106,6 +107,7 @@ class Server:
     ready: Callable[[Server], None] | None = None
     roles: frozenset[str] = ROLES
     reuse_port: bool = False
+    certificate_feed: Connection | None = None  # renewals from a supervisor that stays root
     ntp_services: list[NtpService] = field(default_factory=list)
     bound_ntp_port: int = 0
     bound_ke_port: int = 0
@@ -150,7 +152,12 @@ class Server:
             from .certificates import CertificateSource
             from .ke import KeLimits, KeService
 
-            self.certificates = CertificateSource(config.certificate, config.key, clock=self.clock)
+            self.certificates = CertificateSource(
+                config.certificate,
+                config.key,
+                clock=self.clock,
+                watch=self.certificate_feed is None,  # else the supervisor watches the files
+            )
             limits = KeLimits(config.ke_timeout, config.ke_max_connections)
             self.ke_service = KeService(
                 self.ke,
@@ -220,8 +227,17 @@ class Server:
             if self.roughtime is not None:
                 sockets += self.roughtime.open(loop, self.reuse_port)
                 tasks.append(asyncio.create_task(self.roughtime.maintain()))
+            # Built before the drop: it imports prometheus_client, which an unprivileged
+            # user may not be able to read where Python is installed for root only.
+            exporter = MetricsExporter(self) if config.metrics_listen is not None else None
+            if config.metrics_listen is not None and MULTIPROC_ENV not in os.environ:
+                # one process: /metrics served here, its port bound before the drop
+                stop_metrics = serve_metrics(config.metrics_listen, multiprocess=False)
             if config.user is not None:
                 drop_privileges(config.user)
+            feed = self.certificate_feed
+            if feed is not None and self.certificates is not None:
+                loop.add_reader(feed.fileno(), self._take_certificates, loop, feed)
             tasks.append(asyncio.create_task(self._rotate_keys()))
             if self.ntp_limiter is not None and "ntp" in self.roles:
                 tasks.append(asyncio.create_task(self._expire_rate_limits(self.ntp_limiter)))
@@ -236,10 +252,8 @@ class Server:
                     clock=self.clock,
                 )
                 tasks.append(asyncio.create_task(self.poller.run()))
-            if config.metrics_listen is not None:
-                if MULTIPROC_ENV not in os.environ:  # one process: serve /metrics here
-                    stop_metrics = serve_metrics(config.metrics_listen, multiprocess=False)
-                tasks.append(asyncio.create_task(self._export_metrics()))
+            if exporter is not None:
+                tasks.append(asyncio.create_task(self._export_metrics(exporter)))
             for signum in (signal.SIGINT, signal.SIGTERM):
                 # Outside the main thread the owner stops us with stop().
                 with contextlib.suppress(RuntimeError, ValueError):
@@ -256,6 +270,8 @@ class Server:
                 self.ready(self)
             await self._stop.wait()
         finally:
+            if self.certificate_feed is not None:
+                loop.remove_reader(self.certificate_feed.fileno())
             if stop_metrics is not None:
                 stop_metrics()
             for task in tasks:
@@ -273,8 +289,17 @@ class Server:
             self.ntp_services.clear()
             log.info("stopped")
 
-    async def _export_metrics(self) -> None:
-        exporter = MetricsExporter(self)
+    def _take_certificates(self, loop: asyncio.AbstractEventLoop, feed: Connection) -> None:
+        """A renewed certificate and key from the supervisor (which could read them)."""
+        assert self.certificates is not None
+        try:
+            while feed.poll():
+                cert_pem, key_pem = feed.recv()
+                self.certificates.install(cert_pem, key_pem)
+        except (EOFError, OSError):
+            loop.remove_reader(feed.fileno())  # the supervisor is gone; so will this worker be
+
+    async def _export_metrics(self, exporter: MetricsExporter) -> None:
         while True:
             exporter.update()
             await asyncio.sleep(METRICS_INTERVAL)

@@ -35,18 +35,34 @@ def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
     return ALPN_NTSKE
 
 
-def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, datetime]:
-    """A TLS 1.3-only server context and the leaf's expiry; ConfigError on any problem."""
+def read_pem_files(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:
+    """The bytes of the certificate and key files; ConfigError naming the one unreadable."""
     try:
-        chain = x509.load_pem_x509_certificates(cert_path.read_bytes())
+        cert_pem = cert_path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read certificate file {cert_path}: {exc.strerror}") from None
+    try:
+        key_pem = key_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {key_path}: {exc.strerror}") from None
+    return cert_pem, key_pem
+
+
+def load_server_context(cert_path: Path, key_path: Path) -> tuple[SSL.Context, datetime]:
+    """A TLS 1.3-only server context and the leaf's expiry; ConfigError on any problem."""
+    return server_context(*read_pem_files(cert_path, key_path), cert_path, key_path)
+
+
+def server_context(
+    cert_pem: bytes, key_pem: bytes, cert_path: Path, key_path: Path
+) -> tuple[SSL.Context, datetime]:
+    """:func:`load_server_context` from the files' bytes (the paths name them in errors)."""
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
         raise ConfigError(f"certificate file {cert_path} holds no valid PEM certificate") from None
     try:
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except OSError as exc:
-        raise ConfigError(f"cannot read key file {key_path}: {exc.strerror}") from None
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
         raise ConfigError(
             f"key file {key_path} holds no valid unencrypted PEM private key"
@@ -95,6 +111,9 @@ class CertificateSource:
 
     ``clock`` gives monotonic seconds (tests pass a fake one to trigger the next check
     without waiting). ``checks``, ``reloads`` and ``reload_failures`` count what happened.
+    With ``watch=False`` the files are read once and renewals come through
+    :meth:`install` (a worker that dropped root, fed by its supervisor, which can read a
+    key only root may read); :attr:`pem` is the pair of file contents in force.
     """
 
     def __init__(
@@ -103,12 +122,16 @@ class CertificateSource:
         key_path: str | Path,
         interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        watch: bool = True,
     ):
         self.cert_path = Path(cert_path)
         self.key_path = Path(key_path)
         self.interval = interval
         self.clock = clock
-        self._context, self.expiry = load_server_context(self.cert_path, self.key_path)
+        self.watch = watch
+        self.pem = read_pem_files(self.cert_path, self.key_path)
+        self._context, self.expiry = server_context(*self.pem, self.cert_path, self.key_path)
         self._stamp = self._file_stamp()
         self._checked = clock()
         self.checks = 0
@@ -127,18 +150,32 @@ class CertificateSource:
 
     def context(self) -> SSL.Context:
         now = self.clock()
-        if now - self._checked >= self.interval:
+        if self.watch and now - self._checked >= self.interval:
             self._checked = now
             self.checks += 1
             stamp = self._file_stamp()
             if stamp and stamp != self._stamp:
                 try:
-                    self._context, self.expiry = load_server_context(self.cert_path, self.key_path)
+                    pem = read_pem_files(self.cert_path, self.key_path)
                 except ConfigError as exc:
                     self.reload_failures += 1
                     log.error("certificate not reloaded, keeping the previous one: %s", exc)
                 else:
-                    self.reloads += 1
-                    log.info("certificate reloaded from %s", self.cert_path)
+                    self.install(*pem)
                 self._stamp = stamp
         return self._context
+
+    def install(self, cert_pem: bytes, key_pem: bytes) -> bool:
+        """Use these file contents from now on, if they make a valid context."""
+        try:
+            self._context, self.expiry = server_context(
+                cert_pem, key_pem, self.cert_path, self.key_path
+            )
+        except ConfigError as exc:
+            self.reload_failures += 1
+            log.error("certificate not reloaded, keeping the previous one: %s", exc)
+            return False
+        self.pem = (cert_pem, key_pem)
+        self.reloads += 1
+        log.info("certificate reloaded from %s", self.cert_path)
+        return True

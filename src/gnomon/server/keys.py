@@ -111,23 +111,34 @@ class FileKeyStore:
         self._lock = threading.Lock()
         check_private_folder(self.path.parent, "key file", self.path)
         self.keys = self._read()
+        if self._owner is not None and os.geteuid() == 0 and self.path.parent.is_dir():
+            # A lock root left behind (older versions made it before dropping root) would
+            # stop the workers' next rotation: it is the user's from now on.
+            try:
+                os.close(self._open_lock())
+            except OSError as exc:
+                raise ConfigError(f"key file {self.path}: {exc.strerror} (lock file)") from None
 
     @property
     def _owner_uid(self) -> int:
         return os.geteuid() if self._owner is None else self._owner[0]
 
+    def _open_lock(self) -> int:
+        fd = os.open(
+            self.path.with_name(self.path.name + ".lock"),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+            0o600,
+        )
+        if self._owner is not None and os.fstat(fd).st_uid != self._owner[0]:
+            os.fchown(fd, *self._owner)  # root, preparing the file for its workers
+        return fd
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            fd = os.open(
-                self.path.with_name(self.path.name + ".lock"),
-                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                0o600,
-            )
+            fd = self._open_lock()
             try:
-                if self._owner is not None and os.fstat(fd).st_uid != self._owner[0]:
-                    os.fchown(fd, *self._owner)  # root, preparing the file for its workers
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
@@ -325,7 +336,11 @@ class KeyRing:
         """Refresh every :attr:`RotationPolicy.refresh_interval` until ``stop`` is set
         (the body of the ring's thread)."""
         while not stop.wait(self.policy.refresh_interval):
-            self.refresh(clock())
+            try:
+                self.refresh(clock())
+            except Exception:  # a bug must not end the rotation silently
+                self.failures += 1
+                log.exception("cookie key refresh failed")
 
     def _build(self, period: int) -> None:
         """Rebuild the codec for ``period`` if the keys held for it changed. Lock held."""

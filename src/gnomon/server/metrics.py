@@ -24,11 +24,14 @@ log = logging.getLogger("gnomon.metrics")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def prepare_multiprocess_dir(path: str) -> None:
+def prepare_multiprocess_dir(path: str, owner: tuple[int, int] | None = None) -> None:
     """Set (and empty) the shared folder; must run before prometheus_client is imported
-    in any process that will write to it."""
+    in any process that will write to it. ``owner`` (uid, gid) gets the folder: the
+    workers write it after dropping root (the supervisor, root, still reads it)."""
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, mode=0o700)
+    if owner is not None:
+        os.chown(path, *owner)
     os.environ[MULTIPROC_ENV] = path
 
 

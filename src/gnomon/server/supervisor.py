@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import GnomonError
 from .config import ServerConfig
@@ -31,6 +33,9 @@ from .logs import configure_logging
 from .metrics import MULTIPROC_ENV, mark_worker_dead, prepare_multiprocess_dir, serve_metrics
 from .ports import reserve_ports
 from .proctitle import set_process_title
+
+if TYPE_CHECKING:  # imported where needed: the workers import this module, NTP ones
+    from .certificates import CertificateSource  # without pyOpenSSL
 
 log = logging.getLogger("gnomon.supervisor")
 
@@ -44,6 +49,7 @@ def _worker_main(
     ready: multiprocessing.connection.Connection,
     log_level: int,
     log_format: str,
+    certificate_feed: multiprocessing.connection.Connection | None = None,
 ) -> None:
     import asyncio
 
@@ -58,7 +64,14 @@ def _worker_main(
         ready.close()
 
     try:
-        asyncio.run(Server(config, ready=on_ready, roles=frozenset({role}), reuse_port=True).run())
+        server = Server(
+            config,
+            ready=on_ready,
+            roles=frozenset({role}),
+            reuse_port=True,
+            certificate_feed=certificate_feed,
+        )
+        asyncio.run(server.run())
     except (GnomonError, OSError) as exc:
         if ready.closed:
             raise
@@ -72,6 +85,15 @@ class _Worker:
     index: int
     process: BaseProcess | None = None
     started: float = 0.0
+    feed: multiprocessing.connection.Connection | None = None  # renewed certificates
+
+
+def run_user(config: ServerConfig) -> tuple[int, int] | None:
+    """(uid, gid) of ``server.user`` when this process is root and will hand files over."""
+    if config.user is None or os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam(config.user)
+    return entry.pw_uid, entry.pw_gid
 
 
 class Supervisor:
@@ -100,17 +122,36 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._stopping = False
         self.restarts = 0
+        self.certificates: CertificateSource | None = None
+        """Watched here, where a key only root may read can be read; renewals go to the
+        NTS-KE workers over a pipe each, so they work after the workers dropped root."""
 
     def _start(self, worker: _Worker, timeout: float = 30.0) -> tuple[int, int]:
         receiver, sender = self._context.Pipe(duplex=False)
+        feed_reader: multiprocessing.connection.Connection | None = None
+        if worker.feed is not None:
+            worker.feed.close()
+            worker.feed = None
+        if worker.role == "ke" and self.certificates is not None:
+            feed_reader, worker.feed = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(self.config, worker.role, worker.index, sender, self.log_level, self.log_format),
+            args=(
+                self.config,
+                worker.role,
+                worker.index,
+                sender,
+                self.log_level,
+                self.log_format,
+                feed_reader,
+            ),
             name=f"gnomon-{worker.role}-{worker.index}",
             daemon=False,
         )
         process.start()
         sender.close()
+        if feed_reader is not None:
+            feed_reader.close()
         worker.process = process
         worker.started = time.monotonic()
         if not receiver.poll(timeout):
@@ -132,17 +173,25 @@ class Supervisor:
                 # Workers must share cookie keys; without a configured file they live
                 # in a private temporary one and die with this supervisor.
                 scratch = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="gnomon-keys-"))
+                owner = run_user(self.config)
+                if owner is not None:
+                    os.chown(scratch, *owner)  # the workers write it after dropping root
                 self.config = replace(self.config, key_path=Path(scratch) / "keys.json")
                 log.warning("no keys.path configured: cookies will not survive a restart")
             self._run()
 
     def _run(self) -> None:
         self.config, held = reserve_ports(self.config)
+        if any(w.role == "ke" for w in self.workers):
+            from .certificates import CertificateSource
+
+            assert self.config.certificate is not None and self.config.key is not None
+            self.certificates = CertificateSource(self.config.certificate, self.config.key)
         stop_metrics: Callable[[], None] | None = None
         if self.config.metrics_listen is not None:
             # Before any worker starts, so every process writes to the same folder.
             scratch = tempfile.mkdtemp(prefix="gnomon-metrics-")
-            prepare_multiprocess_dir(scratch)
+            prepare_multiprocess_dir(scratch, run_user(self.config))
             stop_metrics = serve_metrics(self.config.metrics_listen, multiprocess=True)
         try:
             self._run_workers(held)
@@ -186,9 +235,10 @@ class Supervisor:
     def _watch(self, stop_reader: socket.socket) -> None:
         while True:
             sentinels: list[int] = [w.process.sentinel for w in self.workers if w.process]
-            ready = multiprocessing.connection.wait([*sentinels, stop_reader], timeout=5.0)
+            ready = multiprocessing.connection.wait([*sentinels, stop_reader], timeout=1.0)
             if stop_reader in ready:
                 return
+            self._hand_over_certificates()
             for worker in self.workers:
                 process = worker.process
                 if process is not None and not process.is_alive():
@@ -208,6 +258,22 @@ class Supervisor:
                         self._start(worker)
                     except RuntimeError as exc:
                         log.error("%s", exc)
+
+    def _hand_over_certificates(self) -> None:
+        """Send a renewed certificate and key (read here, as root) to the NTS-KE workers."""
+        source = self.certificates
+        if source is None:
+            return
+        reloads = source.reloads
+        source.context()  # reads the files if they changed; logs a broken renewal
+        if source.reloads == reloads:
+            return
+        for worker in self.workers:
+            if worker.feed is not None:
+                try:
+                    worker.feed.send(source.pem)
+                except OSError as exc:  # a worker that just died: its successor reads the files
+                    log.warning("ke worker %d: renewal not sent: %s", worker.index, exc)
 
     def _stop_all(self) -> None:
         for worker in self.workers:
