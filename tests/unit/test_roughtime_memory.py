@@ -95,3 +95,14 @@ def test_midpoint_outside_the_delegation_is_refused() -> None:
         server.respond([request], MIDPOINT + 2 * 86400, 3)
     with pytest.raises(RoughtimeError):
         server.respond([request], MIDPOINT, 0)
+
+
+def test_a_request_read_from_a_reused_buffer_is_kept() -> None:
+    server, public = make_server()
+    request = build_request(os.urandom(32), (VERSION_1,), public)
+    buffer = bytearray(request.packet)
+    admitted = server.parse_request(memoryview(buffer))
+    assert isinstance(admitted, Request)
+    buffer[:] = bytes(len(buffer))  # the next datagram lands in the same buffer
+    response = server.respond([admitted], MIDPOINT, 3)[0]
+    assert verify_response(request, response, public).midpoint == MIDPOINT

@@ -126,8 +126,10 @@ class RoughtimeServer:
 
     # --- admission (no signature work) ---------------------------------------
 
-    def parse_request(self, datagram: bytes) -> Request | DropReason:
+    def parse_request(self, datagram: bytes | bytearray | memoryview) -> Request | DropReason:
         """A :class:`Request` to answer or why to drop ``datagram``. Never raises."""
+        if not isinstance(datagram, bytes):  # a view into a receive buffer: keep a copy
+            datagram = bytes(datagram)
         size = len(datagram)
         if size < REQUEST_SIZE:
             return DropReason.too_short
