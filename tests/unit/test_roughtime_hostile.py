@@ -284,3 +284,30 @@ def test_fuzz_json_documents(document: object) -> None:
 def test_fuzz_corpus_includes_real_reports() -> None:
     report = json.dumps(vector("draft19_appendix_b_malfeasance_report.json"))
     assert not verify_report(report).consistent
+
+
+_APPENDIX_B = vector("draft19_appendix_b_malfeasance_report.json")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2),
+    st.sampled_from(["publicKey", "rand", "request", "response"]),
+    st.integers(0, 1 << 16),
+    st.integers(1, 255),
+)
+def test_any_flipped_byte_makes_a_report_prove_nothing(
+    entry: int, field: str, position: int, flip: int
+) -> None:
+    import base64
+    import copy
+
+    document = copy.deepcopy(_APPENDIX_B)
+    target = document["responses"][entry]
+    if field not in target:
+        field = "request"
+    raw = bytearray(base64.b64decode(target[field]))
+    raw[position % len(raw)] ^= flip
+    target[field] = base64.b64encode(bytes(raw)).decode()
+    with pytest.raises(GnomonError):
+        verify_report(json.dumps(document))
