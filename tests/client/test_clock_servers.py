@@ -123,9 +123,10 @@ def test_certificates_are_checked_at_the_wrong_time_when_told_to_trust_it(
         system_clock=lambda: time.time_ns() + years * YEAR,
         trust_system_clock=True,
     )
-    with pytest.raises(NoMajorityError, match="not trusted"):
+    with pytest.raises(NoMajorityError, match="not trusted") as info:
         clock.refresh()
     assert set(clock.status().failed) == {url.split("?")[0] for url in servers.urls[:3]}
+    assert "which may be wrong: add Roughtime sources" in str(info.value)
 
 
 def test_without_roughtime_quorum_a_wrong_clock_gets_no_nts(servers: NtsServers) -> None:

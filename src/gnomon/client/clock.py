@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 import tomllib
@@ -45,6 +46,7 @@ RETRY_AFTER_FAILURE = 16.0
 # system clock is not used to check certificates.
 MAX_SYSTEM_CLOCK_ERROR = 3600.0
 STATE_VERSION = 1
+_DATES = re.compile(r"expired on|not valid before")  # tls.py's words for a validity failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,8 +397,15 @@ class Clock:
             selection = self._select(list(readings.values()))
         except NoMajorityError as exc:
             detail = "; ".join(f"{name}: {why}" for name, why in {**failures, **unused}.items())
+            hint = ""
+            if how == "system clock" and any(_DATES.search(why) for why in failures.values()):
+                hint = (
+                    f"; certificates were checked at the system clock's time "
+                    f"({verify_time:%Y-%m-%d %H:%M} UTC), which may be wrong: add Roughtime "
+                    "sources to check them at a quorum's time"
+                )
             error = NoMajorityError(
-                f"{exc}" + (f" (failed: {detail})" if detail else ""),
+                f"{exc}" + (f" (failed: {detail})" if detail else "") + hint,
                 sources=exc.sources,
                 needed=exc.needed,
             )
