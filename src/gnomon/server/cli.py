@@ -31,18 +31,20 @@ def add_server_commands(commands: Any) -> None:
         action="store_true",
         help="serve on loopback with a throwaway CA and certificate (no config needed)",
     )
-    serve.add_argument("--ke-port", type=int, help="override the NTS-KE port")
-    serve.add_argument("--ntp-port", type=int, help="override the NTP port")
-    serve.add_argument("--roughtime-port", type=int, help="override the Roughtime port")
+    # Checked as the settings they replace (config.override), with the table's ranges.
+    serve.add_argument("--ke-port", type=int, help="replaces server.ke_port")
+    serve.add_argument("--ntp-port", type=int, help="replaces server.ntp_port")
+    serve.add_argument("--roughtime-port", type=int, help="replaces roughtime.port")
     serve.add_argument(
         "--ready-file", metavar="FILE", help="write bound ports as JSON here once serving"
     )
     serve.add_argument(
         "--workers",
         type=int,
-        help="NTP worker processes sharing the port (0: one process does everything)",
+        help="NTP worker processes sharing the port, 0: one process does everything "
+        "(replaces server.workers)",
     )
-    serve.add_argument("--ke-workers", type=int, help="NTS-KE worker processes")
+    serve.add_argument("--ke-workers", type=int, help="replaces server.ke_workers")
     serve.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="json: one object a line"
     )
@@ -108,7 +110,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
+# command-line options that replace a setting: (option, ServerConfig attribute)
+_OVERRIDES = (
+    ("--ke-port", "ke_port"),
+    ("--ntp-port", "ntp_port"),
+    ("--roughtime-port", "roughtime_port"),
+    ("--workers", "workers"),
+    ("--ke-workers", "ke_workers"),
+)
+
+
+def _demo_config(directory: Path) -> ServerConfig:
     from ..certs import make_demo_pki
     from .config import ServerConfig
     from .roughtime_keys import demo_long_term_key
@@ -116,14 +128,14 @@ def _demo_config(args: argparse.Namespace, directory: Path) -> ServerConfig:
     pki = make_demo_pki(directory)
     return ServerConfig(
         listen=("127.0.0.1", "::1"),
-        ntp_port=args.ntp_port if args.ntp_port is not None else 11123,
-        ke_port=args.ke_port if args.ke_port is not None else 14460,
+        ntp_port=11123,
+        ke_port=14460,
         certificate=pki.cert_chain,
         key=pki.key,
         local_stratum=None,
         # Roughtime from the local clock with a wide radius: no upstream vouches for it.
         roughtime=True,
-        roughtime_port=args.roughtime_port if args.roughtime_port is not None else 12002,
+        roughtime_port=12002,
         roughtime_long_term_key=demo_long_term_key(directory),
         roughtime_local_clock_radius=DEMO_ROUGHTIME_RADIUS,
     )
@@ -134,10 +146,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import json
     import logging
     import tempfile
-    from dataclasses import replace
     from pathlib import Path
 
-    from .config import load_config
+    from .config import load_config, override
     from .logs import configure_logging
 
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
@@ -145,25 +156,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="gnomon-demo-") as scratch:
             if args.demo:
-                config = _demo_config(args, Path(scratch))
+                config = _demo_config(Path(scratch))
             elif args.config:
                 config = load_config(args.config)
-                if args.ke_port is not None:
-                    config = replace(config, ke_port=args.ke_port)
-                if args.ntp_port is not None:
-                    config = replace(config, ntp_port=args.ntp_port)
-                if args.roughtime_port is not None:
-                    config = replace(config, roughtime_port=args.roughtime_port)
             else:
                 raise ConfigError("give --config FILE, or --demo for a loopback demonstration")
-            if args.workers is not None:
-                if not 0 <= args.workers <= 256:
-                    raise ConfigError("--workers must be between 0 and 256")
-                config = replace(config, workers=args.workers)
-            if args.ke_workers is not None:
-                if not 1 <= args.ke_workers <= 256:
-                    raise ConfigError("--ke-workers must be between 1 and 256")
-                config = replace(config, ke_workers=args.ke_workers)
+            for flag, attribute in _OVERRIDES:
+                value = getattr(args, attribute)
+                if value is not None:  # checked as the setting it replaces
+                    config = override(config, flag, **{attribute: value})
 
             def ready(info: dict[str, object]) -> None:
                 if config.roughtime:
