@@ -57,9 +57,10 @@ def test_every_field_is_a_row_and_every_row_is_in_the_example() -> None:
     lines = EXAMPLE.splitlines()
     for row in ROWS:
         key = row.setting.key
+        start = [i for i, line in enumerate(lines) if line.startswith(f"[{row.setting.section}]")]
         (line,) = [
             line
-            for line in lines[lines.index(f"[{row.setting.section}]") + 1 :]
+            for line in lines[start[0] + 1 :]
             if line.removeprefix("# ").startswith(f"{key} = ")
         ][:1]
         assert row.setting.doc in line
