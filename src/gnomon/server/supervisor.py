@@ -55,7 +55,8 @@ def _worker_main(
 
     from .app import Server
 
-    set_process_title(f"gnomon: {role} worker {index}", f"gnomon-{role}-{index}")
+    short = {"roughtime": "rt"}.get(role, role)  # top shows 15 bytes
+    set_process_title(f"gnomon: {role} worker {index}", f"gnomon-{short}-{index}")
     configure_logging(log_level, log_format, role)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
 
