@@ -3,9 +3,10 @@
 Start-up time is part of the interface: only argparse is imported up front, and each
 subcommand imports what it needs inside its handler (``gnomon --help`` loads no
 cryptography; a query answered from the cookies of a ``--state`` file loads no TLS).
-A new subcommand follows the same pattern: ``add_parser`` in :func:`build_parser` (or
-an ``add_*_commands`` function of its package), ``set_defaults(handler=...)``, and the
-imports inside the handler.
+A new subcommand follows the same pattern: an ``add_*_command(commands)`` function in
+its own module (``add_parser``, ``set_defaults(handler=...)``, imports inside the
+handler), and one line in ``_COMMANDS`` below so that ``gnomon --help`` lists it
+without importing that module.
 """
 
 from __future__ import annotations
@@ -177,29 +178,62 @@ def add_query_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     query.set_defaults(handler=cmd_query)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands defined elsewhere: name -> (its one-line help, the function registering it).
+# `gnomon --help` lists them from here without importing their modules; the module of
+# the command being run (all of them, for build_parser() without argv) is imported and
+# registers the real parser.  tests/unit/test_cli.py checks these help lines are the
+# registered ones.  A new subcommand: one line here, its module registers the rest.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("run an NTS server (NTS-KE and NTP)", "server.cli:add_server_commands"),
+    "status": ("summarise a running server's metrics", "server.cli:add_server_commands"),
+    "check-config": (
+        "validate a configuration file and exit",
+        "server.cli:add_server_commands",
+    ),
+    "roughtime": (
+        "signed rough time (Roughtime, RFC 10049): query, chain, keygen, delegate",
+        "roughtime_cli:add_roughtime_command",
+    ),
+    "sync": (
+        "correct the system clock once from a quorum of NTS/Roughtime sources",
+        "sync:add_sync_command",
+    ),
+}
+
+
+def _register(commands: argparse._SubParsersAction[argparse.ArgumentParser], where: str) -> None:
+    import importlib
+
+    module, _, function = where.partition(":")
+    getattr(importlib.import_module(f".{module}", __package__), function)(commands)
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` runs (the first word not an option), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given `argv`, only the module of the command it runs is imported."""
     parser = argparse.ArgumentParser(
         prog="gnomon", description="Secure network time (NTS, RFC 8915)."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_query_command(commands)
-
-    from .server.cli import add_server_commands
-
-    add_server_commands(commands)
-
-    from .roughtime_cli import add_roughtime_command
-
-    add_roughtime_command(commands)
-
-    from .sync import add_sync_command
-
-    add_sync_command(commands)
+    chosen = None if argv is None else _COMMANDS.get(_chosen(argv) or "", ("", ""))[1]
+    for name, (help_text, where) in _COMMANDS.items():
+        if name in commands.choices:
+            continue  # registered along with another command of its module
+        if argv is None or where == chosen:
+            _register(commands, where)
+        else:
+            commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     return int(args.handler(args))
 
 

@@ -56,6 +56,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "0",
             "--ntp-port",
             "0",
+            "--roughtime-port",
+            "0",
             "--ready-file",
             str(ready),
             "--log-level",

@@ -17,9 +17,7 @@ import json
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .._os import write_private_file
 from ..errors import CertificateError, GnomonError, NoCookiesError, NtsNakError
@@ -28,7 +26,11 @@ from ..proto.nts.aead import aead_name
 from ..proto.nts.client import DEFAULT_AEADS, Association, Sample
 from .ntp import Timing, antp_exchange, ntp_exchange
 
+TYPE_CHECKING = False  # neither `typing` nor `datetime` is imported for a query
 if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import Any
+
     from ..tls import TrustStore
     from .ke import KeResult
 
