@@ -48,6 +48,7 @@ _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
 _CLOSED = KeServerState.CLOSED
 _HELLO = KeServerState.HELLO
+_RESPONSE = KeOutcome.RESPONSE
 
 
 @dataclass
@@ -256,8 +257,6 @@ class KeService:
 
     def _count(self, connection: KeServerConnection) -> None:
         outcome = connection.outcome
-        if outcome is KeOutcome.RESPONSE:
-            return  # the responder counted it
         if outcome is KeOutcome.TLS_FAILURE:
             self.tls_failures += 1
             log.debug("NTS-KE connection dropped: %s", connection.error)
@@ -289,10 +288,7 @@ class KeService:
                     break
                 if sock.connection.state is not _CLOSED:
                     sock.connection.handle_timer(now)  # an Error record once TLS is up
-                    self._count(sock.connection)
-                    sock._flush(sock.connection.data_to_send())  # what the socket takes now
-                    if sock.fd >= 0 and not sock.pending:
-                        sock._written()  # closed without a reset that would destroy it
+                    sock.send()  # what the socket takes at once
                 sock.close()
             deadlines.popleft()
         if deadlines and self._loop is not None:
@@ -355,31 +351,29 @@ class _KeSocket:
 
     def send(self) -> None:
         """Write what the connection queued; once it is ``CLOSED``, count how it ended
-        and, when all is written, linger or close."""
+        and, when all is written, close."""
         connection = self.connection
         closed = connection.state is _CLOSED
-        if closed:
-            self.service._count(connection)
-        self._flush(connection.data_to_send())
-        if closed and self.fd >= 0 and not self.pending:
+        if closed and connection.outcome is not _RESPONSE:
+            self.service._count(connection)  # (the responder counted the responses)
+        outgoing = connection.data_to_send()
+        if outgoing:
+            if self.pending:
+                self.pending += outgoing
+                return
+            try:
+                sent = os.write(self.fd, outgoing)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # the peer is gone
+                self.close()
+                return
+            if sent < len(outgoing):
+                self.pending = outgoing[sent:]
+                self.watch(_EPOLLOUT)
+                return
+        if closed and not self.pending:
             self._written()
-
-    def _flush(self, outgoing: bytes) -> None:
-        if not outgoing:
-            return
-        if self.pending:
-            self.pending += outgoing
-            return
-        try:
-            sent = os.write(self.fd, outgoing)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:  # the peer is gone
-            self.close()
-            return
-        if sent < len(outgoing):
-            self.pending = outgoing[sent:]
-            self.watch(_EPOLLOUT)
 
     def _written(self) -> None:
         """All written: read what came in meanwhile (a close_notify), then close."""

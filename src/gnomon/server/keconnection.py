@@ -38,11 +38,11 @@ from ..proto.nts.ke_server import KeResponder
 from ..tls import ALPN_NTSKE, TlsEngine
 
 
-class KeServerState(enum.Enum):
-    HELLO = "hello"  # waiting for a complete ClientHello (nothing sent yet)
-    HANDSHAKE = "handshake"  # server flight sent, waiting for the client's Finished
-    REQUEST = "request"  # TLS 1.3 with ntske/1 is up: reading the NTS-KE request
-    CLOSED = "closed"  # nothing more is read; data_to_send() holds the last bytes
+class KeServerState(enum.IntEnum):  # (an int's hash: the table below is read per step)
+    HELLO = 1  # waiting for a complete ClientHello (nothing sent yet)
+    HANDSHAKE = 2  # server flight sent, waiting for the client's Finished
+    REQUEST = 3  # TLS 1.3 with ntske/1 is up: reading the NTS-KE request
+    CLOSED = 4  # nothing more is read; data_to_send() holds the last bytes
 
 
 _HELLO, _HANDSHAKE, _REQUEST, _CLOSED = KeServerState
