@@ -145,7 +145,7 @@ async def test_metrics_and_status_lines(pki: DemoPki, key_file: Path) -> None:
         port = server.roughtime.bound_port
         assert await asyncio.to_thread(ask, port, fresh())
         assert await asyncio.to_thread(ask, port, fresh((0x8000000B,)), 0.3) is None
-        exporter = MetricsExporter(server)
+        exporter = MetricsExporter(server.metric_sources())
         exporter.update()
         from prometheus_client import REGISTRY
 
@@ -157,12 +157,7 @@ async def test_metrics_and_status_lines(pki: DemoPki, key_file: Path) -> None:
         assert sample("gnomon_roughtime_batches_total") == 1
         end = sample("gnomon_roughtime_delegation_expiry_timestamp_seconds")
         assert end is not None and end > time.time()
-        REGISTRY.unregister(exporter.instruments.roughtime)
-        REGISTRY.unregister(exporter.instruments.roughtime_batches)
-        REGISTRY.unregister(exporter.instruments.ntp)
-        REGISTRY.unregister(exporter.instruments.ke)
-        for gauge in exporter.instruments._gauges.values():
-            REGISTRY.unregister(gauge)
+        exporter.close()
     text = summarize(
         {
             "gnomon_roughtime_requests_total": {"answered": 128.0, "too_short": 3.0},

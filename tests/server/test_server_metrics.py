@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import gnomon
@@ -96,3 +97,56 @@ ntp_rate_interval = 3600.0
         assert status.returncode == 0 and "certificate: expires in" in status.stdout
     finally:
         assert server.stop() == 0
+
+
+def test_exporter_reads_the_sources_it_is_given() -> None:
+    """Each service hands the exporter its readings; the exporter knows no server."""
+    from prometheus_client import REGISTRY
+
+    from gnomon.server.keys import KeyRing, KeyStoreError, MemoryKeyStore, RotationPolicy
+    from gnomon.server.metrics import MetricsExporter, Readings
+
+    class FailingStore(MemoryKeyStore):
+        failing = False
+
+        def fetch(self, current: int, ids: Sequence[int]) -> dict[int, bytes]:
+            if self.failing:
+                raise KeyStoreError("disk on fire")
+            return super().fetch(current, ids)
+
+    store = FailingStore()
+    ring = KeyRing(store, RotationPolicy(period=60, keep_old=1))
+    t0 = 1_800_000_000.0
+    ring.start(t0)
+    ntp = {"nts": 0, "plain": 0}
+
+    def ntp_source(now: float) -> Readings:
+        return Readings({"ntp": dict(ntp)}, {"gnomon_stratum": 3})
+
+    def other_worker_part(now: float) -> Readings:
+        return Readings({"ntp": {"nts": 5}})  # totals of two sources add up
+
+    clock = [t0 + 30]
+    exporter = MetricsExporter([ring.readings, ntp_source, other_worker_part], lambda: clock[0])
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    try:
+        exporter.update()
+        assert sample("gnomon_ntp_requests_total", outcome="nts") == 5
+        assert sample("gnomon_key_store_failures_total") == 0
+        assert sample("gnomon_key_store_reachable") == 1
+        assert sample("gnomon_cookie_key_id") == ring.current_id
+        assert sample("gnomon_cookie_key_age_seconds") == 30
+        ntp.update(nts=2, plain=7)
+        store.failing = True
+        assert not ring.refresh(t0 + 31) and not ring.refresh(t0 + 32)
+        exporter.update()
+        assert sample("gnomon_ntp_requests_total", outcome="nts") == 7
+        assert sample("gnomon_ntp_requests_total", outcome="plain") == 7
+        assert sample("gnomon_stratum") == 3
+        assert sample("gnomon_key_store_failures_total") == 2
+        assert sample("gnomon_key_store_reachable") == 0
+    finally:
+        exporter.close()

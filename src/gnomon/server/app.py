@@ -27,7 +27,14 @@ from ..proto.nts.ntp_server import NtpResponder, TimeSource
 from ..proto.ratelimit import KeRateLimiter, RateLimiter
 from .config import ServerConfig, split_host_port
 from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
-from .metrics import MULTIPROC_ENV, MetricsExporter, serve_metrics
+from .metrics import (
+    MULTIPROC_ENV,
+    MetricsExporter,
+    MetricSource,
+    Readings,
+    serve_metrics,
+    synchronisation_gauges,
+)
 from .ntp import Admission, NtpService, open_ntp_socket, steer_by_source
 from .redisstore import RedisKeyStore
 from .roughtime_role import RoughtimeRole
@@ -229,7 +236,9 @@ class Server:
                 tasks.append(asyncio.create_task(self.roughtime.maintain()))
             # Built before the drop: it imports prometheus_client, which an unprivileged
             # user may not be able to read where Python is installed for root only.
-            exporter = MetricsExporter(self) if config.metrics_listen is not None else None
+            exporter = None
+            if config.metrics_listen is not None:
+                exporter = MetricsExporter(self.metric_sources())
             if config.metrics_listen is not None and MULTIPROC_ENV not in os.environ:
                 # one process: /metrics served here, its port bound before the drop
                 stop_metrics = serve_metrics(config.metrics_listen, multiprocess=False)
@@ -298,6 +307,54 @@ class Server:
                 self.certificates.install(cert_pem, key_pem)
         except (EOFError, OSError):
             loop.remove_reader(feed.fileno())  # the supervisor is gone; so will this worker be
+
+    def metric_sources(self) -> list[MetricSource]:
+        """What each service of this process counts, for the metrics exporter."""
+        sources: list[MetricSource] = [self.keys.readings]
+        if "ntp" in self.roles:
+            sources.append(self._ntp_readings)
+        if self.ke_service is not None:
+            sources.append(self._ke_readings)
+        if self.roughtime is not None:
+            sources.append(self._roughtime_readings)
+        return sources
+
+    def _ntp_readings(self, now: float) -> Readings:
+        values = self.ntp.counters.as_dict()
+        values["io_error"] = sum(service.errors for service in self.ntp_services)
+        values.update(self.ntp_admission.counters())
+        source = self.ntp.time_source
+        readings = Readings({"ntp": values}, synchronisation_gauges(source.leap, source.stratum))
+        if self.ntp_limiter is not None:
+            readings.gauges["gnomon_ntp_rate_limit_clients"] = len(self.ntp_limiter)
+        if self.poller is not None and self.poller.last_offset is not None:
+            readings.gauges["gnomon_upstream_offset_seconds"] = self.poller.last_offset
+        return readings
+
+    def _ke_readings(self, now: float) -> Readings:
+        assert self.ke_service is not None
+        readings = Readings(
+            {"ke": {**self.ke.counters.as_dict(), **self.ke_service.stats()}},
+            {"gnomon_ke_in_flight": self.ke_service.active},
+        )
+        if self.certificates is not None:
+            expiry = self.certificates.expiry.timestamp()
+            readings.gauges["gnomon_certificate_expiry_timestamp_seconds"] = expiry
+        return readings
+
+    def _roughtime_readings(self, now: float) -> Readings:
+        roughtime = self.roughtime
+        assert roughtime is not None
+        readings = Readings(
+            {"roughtime": roughtime.counts(), "roughtime_batches": {"": roughtime.batches}}
+        )
+        if "ntp" not in self.roles:
+            source = roughtime.clock.source
+            readings.gauges.update(synchronisation_gauges(source.leap, source.stratum))
+        end = roughtime.delegation_end
+        if end is not None:
+            readings.gauges["gnomon_roughtime_delegation_expiry_timestamp_seconds"] = end
+        return readings
 
     async def _export_metrics(self, exporter: MetricsExporter) -> None:
         while True:

@@ -32,6 +32,7 @@ from typing import Protocol
 from .._os import write_private_file
 from ..errors import ConfigError, GnomonError
 from ..proto.nts.cookie import MASTER_KEY_LEN, CookieCodec, CookieKey
+from .metrics import Readings
 from .secretfiles import check_private_file, check_private_folder
 
 log = logging.getLogger("gnomon.keys")
@@ -301,6 +302,17 @@ class KeyRing:
         """The id of the key the codec seals with (None before the first refresh)."""
         codec = self._codec
         return None if codec is None else codec.current_id
+
+    def readings(self, now: float) -> Readings:
+        """The ring's metrics: key in force and its age, store health, failed refreshes."""
+        readings = Readings(counters={"key_store": {"": self.failures}})
+        key_id = self.current_id
+        if key_id is not None:
+            readings.gauges["gnomon_cookie_key_id"] = key_id
+            readings.gauges["gnomon_cookie_key_age_seconds"] = now - self.policy.start_of(key_id)
+        if self.store_ok is not None:
+            readings.gauges["gnomon_key_store_reachable"] = 1 if self.store_ok else 0
+        return readings
 
     # --- the store side: blocking ---
 

@@ -1,8 +1,9 @@
 """Prometheus metrics, gathered off the per-packet path.
 
-Workers keep plain integer counters where the work happens; once a second
-:class:`MetricsExporter` turns their growth into Prometheus counters and
-sets the gauges. With several processes, prometheus-client's multiprocess
+Workers keep plain integer counters where the work happens; each service
+hands the exporter a :data:`MetricSource` that reads them (:class:`Readings`),
+and once a second :class:`MetricsExporter` turns their growth into Prometheus
+counters and sets the gauges. With several processes, prometheus-client's multiprocess
 mode (``PROMETHEUS_MULTIPROC_DIR``, set by the supervisor before any worker
 starts) merges them, and the supervisor serves ``/metrics``.
 """
@@ -13,11 +14,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from .app import Server
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 log = logging.getLogger("gnomon.metrics")
 
@@ -42,7 +41,7 @@ _GAUGES: dict[str, tuple[str, _Mode]] = {
     "gnomon_ntp_rate_limit_clients": ("Client prefixes the NTP rate limiter tracks", "livesum"),
     "gnomon_cookie_key_id": ("Cookie key in force", "livemax"),
     "gnomon_cookie_key_age_seconds": ("Age of the cookie key in force", "livemax"),
-    "gnomon_key_store_reachable": ("1 if the shared key store answered last time", "livemin"),
+    "gnomon_key_store_reachable": ("1 if the key store answered last time", "livemin"),
     "gnomon_synchronized": ("1 if the server announces a synchronised clock", "livemin"),
     "gnomon_stratum": ("Stratum announced", "livemax"),
     "gnomon_upstream_offset_seconds": ("Offset to the upstream at the last poll", "livemax"),
@@ -57,6 +56,38 @@ _GAUGES: dict[str, tuple[str, _Mode]] = {
 }
 
 
+_COUNTERS: dict[str, tuple[str, str, bool]] = {
+    # family: (name, help, labelled by outcome)
+    "ntp": ("gnomon_ntp_requests", "NTP requests by outcome", True),
+    "ke": ("gnomon_ke_connections", "NTS-KE connections by outcome", True),
+    "roughtime": ("gnomon_roughtime_requests", "Roughtime requests by outcome", True),
+    "roughtime_batches": (
+        "gnomon_roughtime_batches",
+        "Roughtime batches signed (one signature per version)",
+        False,
+    ),
+    "key_store": (
+        "gnomon_key_store_failures",
+        "Refreshes of the cookie keys that the key store failed (the keys held kept serving)",
+        False,
+    ),
+}
+
+
+@dataclass
+class Readings:
+    """What one service says about itself: totals since it started, by counter family
+    (a key of ``_COUNTERS``) and outcome ("" for a counter without outcomes), and gauges
+    by name (a key of ``_GAUGES``)."""
+
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+
+
+MetricSource = Callable[[float], Readings]
+"""A service's readings at Unix time ``now``; each service of a process provides one."""
+
+
 class _Instruments:
     """Counters up front; each gauge created by the first process that sets it, so a
     process with nothing to say (an NTP worker has no certificate) adds no zero."""
@@ -64,14 +95,10 @@ class _Instruments:
     def __init__(self) -> None:
         from prometheus_client import Counter
 
-        self.ntp = Counter("gnomon_ntp_requests", "NTP requests by outcome", ["outcome"])
-        self.ke = Counter("gnomon_ke_connections", "NTS-KE connections by outcome", ["outcome"])
-        self.roughtime = Counter(
-            "gnomon_roughtime_requests", "Roughtime requests by outcome", ["outcome"]
-        )
-        self.roughtime_batches = Counter(
-            "gnomon_roughtime_batches", "Roughtime batches signed (one signature per version)"
-        )
+        self.counters: dict[str, Any] = {
+            family: Counter(name, text, ["outcome"] if labelled else [])
+            for family, (name, text, labelled) in _COUNTERS.items()
+        }
         self._gauges: dict[str, Any] = {}
 
     def set(self, name: str, value: float) -> None:
@@ -83,67 +110,53 @@ class _Instruments:
             gauge = self._gauges[name] = Gauge(name, text, multiprocess_mode=mode)
         gauge.set(value)
 
+    def close(self) -> None:
+        """Take the instruments out of the default registry (tests build several)."""
+        from prometheus_client import REGISTRY
+
+        for instrument in [*self.counters.values(), *self._gauges.values()]:
+            REGISTRY.unregister(instrument)
+
 
 class MetricsExporter:
-    """Publishes one server process's state; call :meth:`update` periodically."""
+    """Publishes one server process's state; call :meth:`update` periodically.
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    It knows nothing of the server: each service hands in a :data:`MetricSource`.
+    """
+
+    def __init__(
+        self, sources: Sequence[MetricSource], clock: Callable[[], float] = time.time
+    ) -> None:
+        self.sources = list(sources)
+        self.clock = clock
         self.instruments = _Instruments()
         self._seen: dict[tuple[str, str], int] = {}
 
-    def _count(self, counter: Any, family: str, values: dict[str, int]) -> None:
-        for outcome, total in values.items():
-            before = self._seen.get((family, outcome), 0)
-            if total > before:
-                counter.labels(outcome).inc(total - before)
+    def update(self) -> None:
+        now = self.clock()
+        totals: dict[tuple[str, str], int] = {}
+        for source in self.sources:
+            readings = source(now)
+            for family, values in readings.counters.items():
+                for outcome, total in values.items():
+                    totals[(family, outcome)] = totals.get((family, outcome), 0) + total
+            for name, value in readings.gauges.items():
+                self.instruments.set(name, value)
+        for (family, outcome), total in totals.items():
+            grown = total - self._seen.get((family, outcome), 0)
+            if grown > 0:
+                counter = self.instruments.counters[family]
+                (counter.labels(outcome) if outcome else counter).inc(grown)
             self._seen[(family, outcome)] = total
 
-    def update(self) -> None:
-        server, metrics = self.server, self.instruments
-        if "ntp" in server.roles:
-            values = server.ntp.counters.as_dict()
-            values["io_error"] = sum(service.errors for service in server.ntp_services)
-            values.update(server.ntp_admission.counters())
-            self._count(metrics.ntp, "ntp", values)
-            source = server.ntp.time_source
-            synchronized = source.leap != 3 and 1 <= source.stratum < 16
-            metrics.set("gnomon_synchronized", 1 if synchronized else 0)
-            metrics.set("gnomon_stratum", source.stratum)
-            if server.ntp_limiter is not None:
-                metrics.set("gnomon_ntp_rate_limit_clients", len(server.ntp_limiter))
-            if server.poller is not None and server.poller.last_offset is not None:
-                metrics.set("gnomon_upstream_offset_seconds", server.poller.last_offset)
-        roughtime = server.roughtime
-        if roughtime is not None:
-            self._count(metrics.roughtime, "roughtime", roughtime.counts())
-            batches = roughtime.batches
-            before = self._seen.get(("roughtime", "batches"), 0)
-            if batches > before:
-                metrics.roughtime_batches.inc(batches - before)
-            self._seen[("roughtime", "batches")] = batches
-            if "ntp" not in server.roles:
-                source = roughtime.clock.source
-                synchronized = source.leap != 3 and 1 <= source.stratum < 16
-                metrics.set("gnomon_synchronized", 1 if synchronized else 0)
-                metrics.set("gnomon_stratum", source.stratum)
-            end = roughtime.delegation_end
-            if end is not None:
-                metrics.set("gnomon_roughtime_delegation_expiry_timestamp_seconds", end)
-        ke = server.ke_service
-        if ke is not None:
-            self._count(metrics.ke, "ke", {**server.ke.counters.as_dict(), **ke.stats()})
-            metrics.set("gnomon_ke_in_flight", ke.active)
-            if server.certificates is not None:
-                expiry = server.certificates.expiry.timestamp()
-                metrics.set("gnomon_certificate_expiry_timestamp_seconds", expiry)
-        key_id = server.keys.current_id
-        if key_id is not None:
-            metrics.set("gnomon_cookie_key_id", key_id)
-            age = time.time() - server.keys.policy.start_of(key_id)
-            metrics.set("gnomon_cookie_key_age_seconds", age)
-        if server.keys.store_ok is not None:
-            metrics.set("gnomon_key_store_reachable", 1 if server.keys.store_ok else 0)
+    def close(self) -> None:
+        self.instruments.close()
+
+
+def synchronisation_gauges(leap: int, stratum: int) -> dict[str, float]:
+    """What a time service announces, as gauges (one rule for NTP and Roughtime)."""
+    synchronized = leap != 3 and 1 <= stratum < 16
+    return {"gnomon_synchronized": 1 if synchronized else 0, "gnomon_stratum": stratum}
 
 
 def serve_metrics(listen: str, multiprocess: bool) -> Callable[[], None]:
