@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gnomon.certs import DemoPki
+from gnomon.server.roughtime_keys import demo_long_term_key
 
 from .helpers import ServerProcess, toml_config
 
@@ -21,8 +22,11 @@ def _comm(pid: int) -> str:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_supervisor_and_workers_are_named(pki: DemoPki, tmp_path: Path) -> None:
+    key = demo_long_term_key(tmp_path)
+    roughtime = f'[roughtime]\nenabled = true\nport = 0\nlong_term_key = "{key}"\n'
+    roughtime += "local_clock_radius = 10\n"
     config = tmp_path / "gnomon.toml"
-    config.write_text(toml_config(pki, server="workers = 2\nke_workers = 1\n"))
+    config.write_text(toml_config(pki, server="workers = 2\nke_workers = 1\n", extra=roughtime))
     server = ServerProcess(config, tmp_path / "ready.json")
     try:
         pids = server.info["pids"]
@@ -35,4 +39,5 @@ def test_supervisor_and_workers_are_named(pki: DemoPki, tmp_path: Path) -> None:
         "gnomon: ke worker 0": "gnomon-ke-0",
         "gnomon: ntp worker 0": "gnomon-ntp-0",
         "gnomon: ntp worker 1": "gnomon-ntp-1",
+        "gnomon: roughtime worker 0": "gnomon-rt-0",
     }
