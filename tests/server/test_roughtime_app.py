@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -231,6 +232,39 @@ def test_keygen_and_delegate_commands_make_files_the_server_serves(tmp_path: Pat
         packet = ask(int(server.info["roughtime_port"]), sent)
         assert packet is not None
         assert verify_response(sent, packet, public).version == VERSION_1
+    finally:
+        assert server.stop() == 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_a_dead_roughtime_worker_is_restarted(tmp_path: Path) -> None:
+    now = int(time.time())
+    delegations = tmp_path / "online.json"
+    write_online_keys(delegations, PUBLIC, make_online_keys(LONG_TERM, now - 600, 1, 7200, 0))
+    server = ServerProcess(serve_toml(tmp_path, delegations), tmp_path / "ready.json")
+    try:
+        port = int(server.info["roughtime_port"])
+        pids = dict(server.info["pids"])
+        assert ask(port, fresh()) is not None
+        victim = int(pids["roughtime-0"])
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT * 4
+        while alive(victim):  # its socket is closed once it is gone (or a zombie)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        answered = False
+        while not answered and time.monotonic() < deadline:
+            sent = fresh()
+            packet = ask(port, sent, timeout=0.5)
+            answered = packet is not None and verify_response(sent, packet, PUBLIC).radius == 5
+        assert answered, "no answer after the worker was killed"
     finally:
         assert server.stop() == 0
 
