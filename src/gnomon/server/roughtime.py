@@ -56,7 +56,6 @@ from .udp import (
 
 log = logging.getLogger("gnomon.roughtime")
 
-DEFAULT_PORT = 2002
 MIN_RADIUS = 1  # RFC 10049: RADI is never 0
 MIN_RADIUS_WITHOUT_LEAP_INFORMATION = 3  # ... and at least 3 s without leap-second information
 
