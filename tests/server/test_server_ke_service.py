@@ -561,6 +561,12 @@ async def test_tls_without_a_request_is_counted_as_no_request(pki: DemoPki, how:
         await asyncio.to_thread(health_check)
         await _wait_active(server, 0)
         stats = service.stats()
+        (metrics,) = [
+            r.counters["ke"]
+            for source in server.metric_sources()
+            if "ke" in (r := source(0.0)).counters
+        ]
     assert stats["no_request"] == 1
+    assert metrics["no_request"] == 1  # what /metrics shows as outcome="no_request"
     assert stats["tls_failure"] == stats["timeout"] == 0
     assert server.ke.counters.as_dict() == {"ok": 0, "error": 0, "no_common_aead": 0}
