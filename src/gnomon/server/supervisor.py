@@ -170,7 +170,12 @@ class Supervisor:
 
     def run(self) -> None:
         with contextlib.ExitStack() as cleanup:
-            if self.config.key_path is None and self.config.key_store == "file":
+            config = self.config
+            if (
+                config.key_path is None
+                and config.key_store == "file"
+                and config.role != "roughtime"
+            ):
                 # Workers must share cookie keys; without a configured file they live
                 # in a private temporary one and die with this supervisor.
                 scratch = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="gnomon-keys-"))
