@@ -377,9 +377,12 @@ class Server:
         refresher.start()
         try:
             while True:
-                codec = self.keys.codec(time.time())
+                now = time.time()
+                codec = self.keys.codec(now)
                 if codec is not self._cookie_codec:
                     self.install(codec)
-                await asyncio.sleep(KEY_CHECK_INTERVAL)
+                # look again in a second, or just after the next rotation if that is sooner
+                period = self.keys.policy.period
+                await asyncio.sleep(min(KEY_CHECK_INTERVAL, period - now % period + 0.001))
         finally:
             stop.set()  # the thread ends after its store call (bounded by the store's time-outs)
