@@ -364,3 +364,28 @@ listen = "127.0.0.1:{metrics_port}"
 
 def _not_after(chain: Path) -> float:
     return x509.load_pem_x509_certificates(chain.read_bytes())[0].not_valid_after_utc.timestamp()
+
+
+def test_files_root_writes_for_the_user_are_the_users(tmp_path: Path) -> None:
+    """The supervisor, still root, creates the key file and its lock for the workers that
+    will rotate keys in them once they dropped root; a lock an older gnomon left root's
+    becomes the user's."""
+    assert os.geteuid() == 0, "chown needs root"
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, nobody.pw_uid, nobody.pw_gid)
+    keys, lock = state / "keys.json", state / "keys.json.lock"
+    FileKeyStore(keys, user="nobody")
+    assert not lock.exists()  # check-config and start-up write nothing yet
+    FileKeyStore(keys, user="nobody").fetch(5, [4, 5, 6])
+    for path in (keys, lock):
+        info = path.stat()
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (
+            nobody.pw_uid,
+            nobody.pw_gid,
+            0o600,
+        ), path
+    os.chown(lock, 0, 0)
+    FileKeyStore(keys, user="nobody")
+    assert lock.stat().st_uid == nobody.pw_uid

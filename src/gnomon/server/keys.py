@@ -112,7 +112,8 @@ class FileKeyStore:
         self._lock = threading.Lock()
         check_private_folder(self.path.parent, "key file", self.path)
         self.keys = self._read()
-        if self._owner is not None and os.geteuid() == 0 and self.path.parent.is_dir():
+        lock = self.path.with_name(self.path.name + ".lock")
+        if self._owner is not None and os.geteuid() == 0 and lock.exists():
             # A lock root left behind (older versions made it before dropping root) would
             # stop the workers' next rotation: it is the user's from now on.
             try:
