@@ -12,6 +12,7 @@ steps of the system clock. Sources are named by URLs a user can type:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
-from ..errors import ConfigError, GnomonError
+from ..errors import ConfigError, GnomonError, QueryTimeoutError
 from ..proto.roughtime.versions import GOOGLE
 from ..proto.select import Interval, nts_interval, roughtime_interval
 from .ke import NTS_KE_PORT
@@ -184,7 +185,16 @@ async def _gnomon_roughtime_query(
 ) -> RoughtimeAnswer:
     from .roughtime import RoughtimeClient
 
-    result = await RoughtimeClient(timeout=timeout).aquery(host, port, public_key=public_key)
+    # ``timeout`` bounds the whole query: three tries a third of it each (grease or loss),
+    # and no time left for a TCP fallback after a silent UDP server.
+    client = RoughtimeClient(timeout=timeout / 3, attempts=3)
+    try:
+        async with asyncio.timeout(timeout):
+            result = await client.aquery(host, port, public_key=public_key)
+    except TimeoutError:
+        raise QueryTimeoutError(
+            f"no verified Roughtime answer from {host}:{port} within {timeout:g} s"
+        ) from None
     reply = result.reply
     radius_us = reply.radius_us
     if reply.version != GOOGLE:
