@@ -4,11 +4,13 @@ receive timestamps on UDP sockets and files only their owner can read."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 import struct
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; 3.11 does not export it
 TIMESPEC = struct.Struct("@qq")
@@ -45,3 +47,43 @@ def write_private_file(path: Path, text: str, owner: tuple[int, int] | None = No
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class TimexStruct(ctypes.Structure):
+    """``struct timex`` of <sys/timex.h>, for adjtimex(2) (sync, and tests that read it)."""
+
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", _Timeval),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_reserved", ctypes.c_int * 11),
+    ]
+
+
+def adjtimex_function() -> Any:
+    """libc's ``adjtimex`` (errno kept), typed for :class:`TimexStruct`."""
+    function = ctypes.CDLL(None, use_errno=True).adjtimex
+    function.argtypes = [ctypes.POINTER(TimexStruct)]
+    function.restype = ctypes.c_int
+    return function

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._os import TimexStruct, adjtimex_function
 from .errors import GnomonError
 
 if TYPE_CHECKING:
@@ -60,48 +61,15 @@ _ADJ_OFFSET_SINGLESHOT = 0x8001
 _NS = 1_000_000_000
 
 
-class _Timeval(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-
-class _Timex(ctypes.Structure):
-    _fields_ = [  # struct timex of <sys/timex.h>
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time", _Timeval),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("_reserved", ctypes.c_int * 11),
-    ]
-
-
 class KernelClock:
     """The real system clock (Linux). Needs CAP_SYS_TIME; without it, a clear error."""
 
     def __init__(self) -> None:
         if not sys.platform.startswith("linux"):
             raise ClockAdjustError("gnomon sync can set the clock on Linux only")
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._adjtimex = libc.adjtimex
-        self._adjtimex.argtypes = [ctypes.POINTER(_Timex)]
-        self._adjtimex.restype = ctypes.c_int
+        self._adjtimex = adjtimex_function()
 
-    def _call(self, tx: _Timex, what: str) -> None:
+    def _call(self, tx: TimexStruct, what: str) -> None:
         if self._adjtimex(ctypes.byref(tx)) < 0:
             code = ctypes.get_errno()
             if code == errno.EPERM:
@@ -111,13 +79,13 @@ class KernelClock:
             raise ClockAdjustError(f"cannot {what} the system clock: {os.strerror(code)}")
 
     def slew(self, offset: float) -> None:
-        tx = _Timex()
+        tx = TimexStruct()
         tx.modes = _ADJ_OFFSET_SINGLESHOT  # adjtime(): microseconds, no PLL state touched
         tx.offset = round(offset * 1e6)
         self._call(tx, "slew")
 
     def step(self, offset: float) -> None:
-        tx = _Timex()
+        tx = TimexStruct()
         tx.modes = _ADJ_SETOFFSET | _ADJ_NANO  # relative: no race with the clock moving on
         seconds, nanoseconds = divmod(round(offset * _NS), _NS)
         tx.time.tv_sec = seconds

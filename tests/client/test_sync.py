@@ -109,14 +109,15 @@ def test_the_command_line_reports_the_same(servers: NtsServers) -> None:
     )
     assert result.returncode == 0, result.stderr
     liar = servers.urls[3].split("?")[0]
-    lines = result.stdout.splitlines()
-    assert lines[0].split() == ["SOURCE", "KIND", "STATE", "OFFSET", "ERROR"]
+    out = result.stdout
+    lines = out.splitlines()
+    assert lines[0].split() == ["SOURCE", "KIND", "STATE", "OFFSET", "ERROR"], out
     row = next(line for line in lines if line.startswith(liar))
-    assert row.split()[2] == "falseticker"
-    assert row.split()[3].startswith("+3600")
-    assert any(line.startswith("agreement: 3 of 4 sources (quorum 3)") for line in lines)
-    assert f"falsetickers: {liar}" in result.stdout
-    assert any(line.startswith("action: none") for line in lines)
+    assert row.split()[2] == "falseticker", out
+    assert row.split()[3].startswith("+3600"), out
+    assert any(line.startswith("agreement: 3 of 4 sources (quorum 3)") for line in lines), out
+    assert f"falsetickers: {liar}" in out
+    assert any(line.startswith("action: none") for line in lines), out
 
 
 def test_a_small_offset_is_slewed(servers: NtsServers) -> None:

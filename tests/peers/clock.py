@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple
 
+from gnomon._os import TimexStruct, adjtimex_function
+
 # adjtimex status bits (include/uapi/linux/timex.h)
 STA_PLL = 0x0001
 STA_PPSFREQ = 0x0002
@@ -61,39 +63,8 @@ _STATES = {
 }
 
 
-class _Timeval(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-
-class _Timex(ctypes.Structure):
-    _fields_ = [  # struct timex of <sys/timex.h>
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time", _Timeval),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("_reserved", ctypes.c_int * 11),
-    ]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.adjtimex.argtypes = [ctypes.POINTER(_Timex)]
-_libc.adjtimex.restype = ctypes.c_int
+_Timex = TimexStruct  # shared with gnomon sync's adjtimex adapter
+_adjtimex = adjtimex_function()
 
 
 class Timex(NamedTuple):
@@ -135,7 +106,7 @@ def read_adjtimex() -> Timex:
     """The kernel's clock discipline state, read with adjtimex(modes=0): changes nothing."""
     tx = _Timex()
     tx.modes = 0
-    state = _libc.adjtimex(ctypes.byref(tx))
+    state = _adjtimex(ctypes.byref(tx))
     if state < 0:
         err = ctypes.get_errno()
         raise OSError(err, "adjtimex(modes=0) failed")
