@@ -893,14 +893,15 @@ def memory_lines(bench: Bench) -> list[str]:
         start = server.info.get("memory_after_start", {})
         end = server.info.get("memory_at_end", {})
         procs = ", ".join(
-            f"{server.role(p['pid'])} {p['rss_kib'] / 1024:.1f}" for p in end.get("processes", [])
+            f"{server.role(p['pid'])} {p['rss_kib'] / 1024:.1f}/{p.get('pss_kib', 0) / 1024:.1f}"
+            for p in end.get("processes", [])
         )
         lines.append(
             f"{server.label}: VmRSS summed over its processes "
             f"{start.get('rss_kib_total', 0) / 1024:.1f} MiB after start, "
             f"{end.get('rss_kib_total', 0) / 1024:.1f} MiB at end (peak "
-            f"{end.get('hwm_kib_total', 0) / 1024:.1f} MiB; PSS, shared pages counted once: "
-            f"{end.get('pss_kib_total', 0) / 1024:.1f} MiB); VmRSS per process at end (MiB): "
+            f"{end.get('hwm_kib_total', 0) / 1024:.1f} MiB; PSS, shared pages split among users: "
+            f"{end.get('pss_kib_total', 0) / 1024:.1f} MiB); VmRSS/PSS per process at end (MiB): "
             f"{procs}"
         )
     return lines

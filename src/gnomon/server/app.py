@@ -36,14 +36,13 @@ from .metrics import (
     synchronisation_gauges,
 )
 from .ntp import Admission, NtpService, open_ntp_socket, steer_by_source
-from .redisstore import RedisKeyStore
-from .roughtime_role import RoughtimeRole
 from .secretfiles import read_fleet_secret
 from .upstream import UpstreamPoller, local_time_source
 
-if TYPE_CHECKING:  # imported where the KE role needs them: NTP workers go without pyOpenSSL
-    from .certificates import CertificateSource
+if TYPE_CHECKING:  # imported where a role needs them: an NTP worker goes without pyOpenSSL,
+    from .certificates import CertificateSource  # Roughtime's Ed25519 and Redis
     from .ke import KeService
+    from .roughtime_role import RoughtimeRole
 
 log = logging.getLogger("gnomon.server")
 
@@ -73,6 +72,8 @@ def key_policy(config: ServerConfig) -> RotationPolicy:
 def make_key_store(config: ServerConfig) -> KeyStore:
     """The key store the configuration names (Redis for a fleet, a file, or memory)."""
     if config.key_store == "redis":
+        from .redisstore import RedisKeyStore
+
         assert config.redis_url is not None and config.fleet_secret_file is not None
         return RedisKeyStore.connect(
             config.redis_url,
@@ -174,6 +175,8 @@ class Server:
                 rate_limiter=KeRateLimiter(config.ke_rate_interval, config.ke_rate_burst),
             )
         if "roughtime" in self.roles:
+            from .roughtime_role import RoughtimeRole
+
             self.roughtime = RoughtimeRole(config, self.acl, initial_time_source(config))
         self._stop: asyncio.Event | None = None
         self.poller: UpstreamPoller | None = None

@@ -11,80 +11,77 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import multiprocessing.connection
 import os
 import pwd
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import GnomonError
 from .config import ServerConfig
-from .logs import configure_logging
 from .metrics import MULTIPROC_ENV, mark_worker_dead, prepare_multiprocess_dir, serve_metrics
 from .ports import reserve_ports
-from .proctitle import set_process_title
 
-if TYPE_CHECKING:  # imported where needed: the workers import this module, NTP ones
-    from .certificates import CertificateSource  # without pyOpenSSL
+if TYPE_CHECKING:  # imported where the certificates are watched: not without NTS-KE
+    from .certificates import CertificateSource
 
 log = logging.getLogger("gnomon.supervisor")
 
 RESTART_DELAY = 0.5
 
 
-def _worker_main(
-    config: ServerConfig,
-    role: str,
-    index: int,
-    ready: multiprocessing.connection.Connection,
-    log_level: int,
-    log_format: str,
-    certificate_feed: multiprocessing.connection.Connection | None = None,
-) -> None:
-    import asyncio
+class WorkerProcess:
+    """A worker interpreter (``python -P -m gnomon.server.worker FD``) and its pidfd."""
 
-    from .app import Server
-
-    short = {"roughtime": "rt"}.get(role, role)  # top shows 15 bytes
-    set_process_title(f"gnomon: {role} worker {index}", f"gnomon-{short}-{index}")
-    configure_logging(log_level, log_format, role)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
-
-    def on_ready(server: Server) -> None:
-        ready.send((role, os.getpid(), server.bound_ke_port, server.bound_ntp_port))
-        ready.close()
-
-    try:
-        server = Server(
-            config,
-            ready=on_ready,
-            roles=frozenset({role}),
-            reuse_port=True,
-            certificate_feed=certificate_feed,
+    def __init__(self, control_fd: int, pass_fds: tuple[int, ...]) -> None:
+        package_root = str(Path(__file__).resolve().parents[2])  # this very gnomon
+        path = os.environ.get("PYTHONPATH")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, path]))}
+        flags: list[str] = getattr(subprocess, "_args_from_interpreter_flags", list)()
+        self.popen = subprocess.Popen(
+            [sys.executable, *flags, "-P", "-m", "gnomon.server.worker", str(control_fd)],
+            pass_fds=pass_fds,
+            env=env,
         )
-        asyncio.run(server.run())
-    except (GnomonError, OSError) as exc:
-        if ready.closed:
-            raise
-        ready.send(("error", str(exc)))  # the supervisor says it in one line
-        sys.exit(2)
+        self.pid: int | None = self.popen.pid
+        self.sentinel = os.pidfd_open(self.popen.pid)  # readable once the process ends
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def terminate(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.terminate()
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.kill()
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+        if not self.is_alive() and self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
 
 
 @dataclass
 class _Worker:
     role: str
     index: int
-    process: BaseProcess | None = None
+    process: WorkerProcess | None = None
     started: float = 0.0
     feed: multiprocessing.connection.Connection | None = None  # renewed certificates
 
@@ -120,7 +117,6 @@ class Supervisor:
         self.workers = [_Worker("ke", i) for i in range(ke_workers)]
         self.workers += [_Worker("ntp", i) for i in range(ntp_workers)]
         self.workers += [_Worker("roughtime", i) for i in range(roughtime_workers)]
-        self._context = multiprocessing.get_context("spawn")
         self._stopping = False
         self.restarts = 0
         self.certificates: CertificateSource | None = None
@@ -128,33 +124,39 @@ class Supervisor:
         NTS-KE workers over a pipe each, so they work after the workers dropped root."""
 
     def _start(self, worker: _Worker, timeout: float = 30.0) -> tuple[int, int]:
-        receiver, sender = self._context.Pipe(duplex=False)
+        if worker.process is not None:
+            worker.process.join(0)  # reaped already: closes its pidfd
+        control, child_end = multiprocessing.connection.Pipe()
         feed_reader: multiprocessing.connection.Connection | None = None
         if worker.feed is not None:
             worker.feed.close()
             worker.feed = None
         if worker.role == "ke" and self.certificates is not None:
-            feed_reader, worker.feed = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_worker_main,
-            args=(
-                self.config,
-                worker.role,
-                worker.index,
-                sender,
-                self.log_level,
-                self.log_format,
-                feed_reader,
-            ),
-            name=f"gnomon-{worker.role}-{worker.index}",
-            daemon=False,
-        )
-        process.start()
-        sender.close()
-        if feed_reader is not None:
-            feed_reader.close()
+            feed_reader, worker.feed = multiprocessing.connection.Pipe(duplex=False)
+        fds = (child_end.fileno(),) + (() if feed_reader is None else (feed_reader.fileno(),))
+        try:
+            process = WorkerProcess(child_end.fileno(), fds)
+        finally:
+            child_end.close()
+            if feed_reader is not None:
+                feed_reader.close()
         worker.process = process
         worker.started = time.monotonic()
+        receiver = control
+        try:
+            control.send(
+                (
+                    self.config,
+                    worker.role,
+                    worker.index,
+                    self.log_level,
+                    self.log_format,
+                    None if feed_reader is None else fds[1],
+                )
+            )
+        except OSError:
+            control.close()
+            raise RuntimeError(f"{worker.role} worker {worker.index} died at start") from None
         if not receiver.poll(timeout):
             raise RuntimeError(f"{worker.role} worker {worker.index} did not start")
         try:

@@ -11,7 +11,6 @@ than ``hold`` it turns unsynchronised again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
 import os
@@ -42,6 +41,8 @@ def reference_id_for(address: str) -> bytes:
     ip = ipaddress.ip_address(address)
     if ip.version == 4:
         return ip.packed
+    import hashlib  # here: loading it costs every NTP worker 3.5 MiB (libcrypto)
+
     return hashlib.md5(ip.packed, usedforsecurity=False).digest()[:4]
 
 

@@ -81,12 +81,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from hashlib import blake2b
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .aead import ALGORITHMS
+
+try:  # hashlib itself loads libcrypto (3.5 MiB a process) for digests a server never uses
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - a Python built without its own BLAKE2
+    from hashlib import blake2b
 from .fields import EF_NTS_COOKIE
 
 MASTER_KEY_LEN = 16
