@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gnomon.certs import DemoPki, make_demo_pki
 from gnomon.client.clock import Clock
+from gnomon.client.session import Session
 from gnomon.client.sources import RoughtimeAnswer, RoughtimeSource
-from gnomon.errors import NoMajorityError
+from gnomon.errors import CertificateError, NoMajorityError
 from tests.client.servers import NtsServers
 
 NS = 1_000_000_000
@@ -138,3 +140,20 @@ def test_without_roughtime_quorum_a_wrong_clock_gets_no_nts(servers: NtsServers)
     with pytest.raises(NoMajorityError, match="NTS certificates unchecked"):
         clock.refresh()
     assert {s.state for s in clock.status().sources if s.kind == "nts"} == {"not used"}
+
+
+@pytest.mark.parametrize(
+    ("shift", "words"),
+    [(timedelta(days=-400), "not valid before"), (timedelta(days=400), "expired on")],
+)
+async def test_session_checks_certificates_at_the_time_it_is_given(
+    servers: NtsServers, shift: timedelta, words: str
+) -> None:
+    session = Session(ca_file=servers.pki.ca_cert)
+    port = servers.ke_ports[0]
+    with pytest.raises(CertificateError, match=words):
+        session.query("127.0.0.1", port, verify_time=datetime.now(UTC) + shift)
+    with pytest.raises(CertificateError, match=words):
+        await session.aquery("127.0.0.1", port, verify_time=datetime.now(UTC) + shift)
+    assert session.key_exchanges == 0
+    assert (await session.aquery("127.0.0.1", port, verify_time=datetime.now(UTC))).authenticated
