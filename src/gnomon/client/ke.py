@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,7 +58,6 @@ class KeConnection:
         self,
         host: str,
         trust: TrustStore,
-        *,
         aeads: Sequence[int] = DEFAULT_AEADS,
         ntp_server: str | None = None,
         ntp_port: int | None = None,
@@ -74,6 +74,14 @@ class KeConnection:
 
     def data_to_send(self) -> bytes:
         return self._tls.outgoing()
+
+    def receive(self, data: bytes) -> tuple[bytes, KeResult | None]:
+        """Bytes read from the socket (``b""``: the server closed it): what to send
+        back, and the result once the response is complete."""
+        if not data:
+            self.connection_closed()
+        result = self.receive_data(data)
+        return self.data_to_send(), result
 
     def receive_data(self, data: bytes) -> KeResult | None:
         if self._result is not None:
@@ -117,8 +125,21 @@ class KeConnection:
         self._tls.write(self._exchange.request())
 
 
-def _resolve_timeout(what: str, host: str, port: int, timeout: float) -> QueryTimeoutError:
-    return QueryTimeoutError(f"{what} with {host}:{port} timed out after {timeout:g} s")
+@contextlib.contextmanager
+def _failures(host: str, port: int, timeout: float) -> Iterator[None]:
+    """What the socket raises, as one-line gnomon errors (the deadline included)."""
+    try:
+        yield
+    except TimeoutError:
+        raise QueryTimeoutError(
+            f"NTS-KE with {host}:{port} timed out after {timeout:g} s"
+        ) from None
+    except OSError as exc:
+        raise GnomonError(f"NTS-KE with {host}:{port} failed: {exc.strerror or exc}") from None
+
+
+def _cannot_connect(host: str, port: int, exc: OSError) -> GnomonError:
+    return GnomonError(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
 
 
 def ke_exchange(
@@ -138,41 +159,26 @@ def ke_exchange(
     system clock's (a time obtained elsewhere, when the local clock is wrong).
     """
     deadline = time.monotonic() + timeout
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except TimeoutError:
-        raise _resolve_timeout("NTS-KE", host, port, timeout) from None
-    except OSError as exc:
-        raise GnomonError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-    with sock:
-        connection = KeConnection(
-            host,
-            trust,
-            aeads=aeads,
-            ntp_server=ntp_server,
-            ntp_port=ntp_port,
-            verify_time=verify_time,
-        )
+    with _failures(host, port, timeout):
         try:
-            sock.sendall(connection.data_to_send())
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise _cannot_connect(host, port, exc) from None
+        with sock:
+            connection = KeConnection(host, trust, aeads, ntp_server, ntp_port, verify_time)
+            outgoing, result = connection.data_to_send(), None
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                data = sock.recv(65536)
-                if not data:
-                    connection.connection_closed()
-                result = connection.receive_data(data)
-                outgoing = connection.data_to_send()
                 if outgoing:
                     sock.sendall(outgoing)
                 if result is not None:
                     return result
-        except TimeoutError:
-            raise _resolve_timeout("NTS-KE", host, port, timeout) from None
-        except OSError as exc:
-            raise GnomonError(f"NTS-KE with {host}:{port} failed: {exc.strerror or exc}") from None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                outgoing, result = connection.receive(sock.recv(65536))
 
 
 async def ake_exchange(
@@ -189,37 +195,21 @@ async def ake_exchange(
     """The asyncio twin of :func:`ke_exchange`."""
     writer: asyncio.StreamWriter | None = None
     try:
-        async with asyncio.timeout(timeout):
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-            except OSError as exc:
-                raise GnomonError(
-                    f"cannot connect to {host}:{port}: {exc.strerror or exc}"
-                ) from None
-            connection = KeConnection(
-                host,
-                trust,
-                aeads=aeads,
-                ntp_server=ntp_server,
-                ntp_port=ntp_port,
-                verify_time=verify_time,
-            )
-            writer.write(connection.data_to_send())
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    connection.connection_closed()
-                result = connection.receive_data(data)
-                outgoing = connection.data_to_send()
-                if outgoing:
-                    writer.write(outgoing)
-                    await writer.drain()
-                if result is not None:
-                    return result
-    except TimeoutError:
-        raise _resolve_timeout("NTS-KE", host, port, timeout) from None
-    except OSError as exc:
-        raise GnomonError(f"NTS-KE with {host}:{port} failed: {exc.strerror or exc}") from None
+        with _failures(host, port, timeout):
+            async with asyncio.timeout(timeout):
+                try:
+                    reader, writer = await asyncio.open_connection(host, port)
+                except OSError as exc:
+                    raise _cannot_connect(host, port, exc) from None
+                connection = KeConnection(host, trust, aeads, ntp_server, ntp_port, verify_time)
+                outgoing, result = connection.data_to_send(), None
+                while True:
+                    if outgoing:
+                        writer.write(outgoing)
+                        await writer.drain()
+                    if result is not None:
+                        return result
+                    outgoing, result = connection.receive(await reader.read(65536))
     finally:
         if writer is not None:
             writer.close()

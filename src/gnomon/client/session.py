@@ -13,9 +13,10 @@ answered with cookies from a session file starts in a fraction of the time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,24 +237,17 @@ class Session:
         ``verify_time``: check the NTS-KE certificate at that time rather than
         the system clock's (see :class:`gnomon.Clock`'s bootstrap).
         """
-        host, port = server_address(host, port)
-        key = join_host_port(host, port)
-        state = self._usable(key)
+        host, port, key, state = self._lookup(host, port)
         if state is not None:
-            try:
+            with self._saving(), contextlib.suppress(NtsNakError, NoCookiesError):
+                # NAK or no cookie left: RFC 8915 5.7, run NTS-KE again (below)
                 return self._result(key, False, state, ntp_exchange(*state.target(self.timing)))
-            except (NtsNakError, NoCookiesError):
-                pass  # RFC 8915 5.7: run NTS-KE again; the old cookies go once it succeeds
-            finally:
-                self._save()
         from .ke import ke_exchange
 
         ke = ke_exchange(host, port, **self._ke_options(ntp_server, ntp_port, verify_time))
         state = self._store(key, ke)
-        try:
+        with self._saving():
             return self._result(key, True, state, ntp_exchange(*state.target(self.timing)))
-        finally:
-            self._save()
 
     # --- asyncio ------------------------------------------------------------
 
@@ -267,25 +261,18 @@ class Session:
         verify_time: datetime | None = None,
     ) -> Result:
         """The asyncio twin of :meth:`query`."""
-        host, port = server_address(host, port)
-        key = join_host_port(host, port)
-        state = self._usable(key)
+        host, port, key, state = self._lookup(host, port)
         if state is not None:
-            try:
-                sample = await antp_exchange(*state.target(self.timing))
-                return self._result(key, False, state, sample)
-            except (NtsNakError, NoCookiesError):
-                pass
-            finally:
-                self._save()
+            with self._saving(), contextlib.suppress(NtsNakError, NoCookiesError):
+                return self._result(
+                    key, False, state, await antp_exchange(*state.target(self.timing))
+                )
         from .ke import ake_exchange
 
         ke = await ake_exchange(host, port, **self._ke_options(ntp_server, ntp_port, verify_time))
         state = self._store(key, ke)
-        try:
+        with self._saving():
             return self._result(key, True, state, await antp_exchange(*state.target(self.timing)))
-        finally:
-            self._save()
 
     def _ke_options(
         self, ntp_server: str | None, ntp_port: int | None, verify_time: datetime | None
@@ -326,10 +313,22 @@ class Session:
 
     # --- state --------------------------------------------------------------
 
-    def _usable(self, key: str) -> _ServerState | None:
+    def _lookup(self, host: str, port: int | None) -> tuple[str, int, str, _ServerState | None]:
+        """Where to connect, the state's key, and its state if it still holds a cookie."""
+        host, port = server_address(host, port)
+        key = join_host_port(host, port)
         with self._lock:
             state = self._servers.get(key)
-        return state if state is not None and state.association.cookie_count else None
+        usable = state is not None and state.association.cookie_count
+        return host, port, key, state if usable else None
+
+    @contextlib.contextmanager
+    def _saving(self) -> Iterator[None]:
+        """Save the state file however the query ends (cookies were spent or gained)."""
+        try:
+            yield
+        finally:
+            self._save()
 
     def _store(self, key: str, ke: KeResult) -> _ServerState:
         self.key_exchanges += 1
