@@ -20,9 +20,9 @@ import base64
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import (
     GnomonError,
@@ -41,7 +41,7 @@ from ..proto.roughtime.client import (
     verify_response,
 )
 from ..proto.roughtime.serverlist import ServerAddress, ServerEntry, decode_public_key
-from ..proto.roughtime.versions import CLIENT_VERSIONS, GOOGLE, RULES, version_name
+from ..proto.roughtime.versions import CLIENT_VERSIONS, GOOGLE, RULES
 
 DEFAULT_PORT = 2002  # what most public servers use (RFC 10049's assignment not confirmed here)
 MAX_DATAGRAM = 4096
@@ -71,7 +71,7 @@ class RoughtimeResult:
 
     @property
     def version_name(self) -> str:
-        return version_name(self.reply.version)
+        return self.reply.version_name
 
     @property
     def request(self) -> bytes:
@@ -83,11 +83,11 @@ class RoughtimeResult:
 
     @property
     def earliest(self) -> int:
-        return self.midpoint - self.radius
+        return self.reply.earliest
 
     @property
     def latest(self) -> int:
-        return self.midpoint + self.radius
+        return self.reply.latest
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -155,32 +155,39 @@ class ChainResult:
 
 # --- transports --------------------------------------------------------------------
 
+Resolved = tuple[int, tuple[str, int]]  # address family, (IP address, port)
 
-def _resolve(host: str, port: int, kind: int) -> tuple[int, tuple[str, int]]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=kind)
-    except OSError as exc:
-        raise GnomonError(f"cannot resolve {host}: {exc}") from None
+
+def _kind(address: ServerAddress) -> int:
+    return socket.SOCK_DGRAM if address.protocol == "udp" else socket.SOCK_STREAM
+
+
+def _first(infos: list[Any]) -> Resolved:
     family, _, _, _, address = infos[0]
     return family, (str(address[0]), int(address[1]))
 
 
-async def _aresolve(host: str, port: int, kind: int) -> tuple[int, tuple[str, int]]:
+def _resolve(address: ServerAddress) -> Resolved:
+    try:
+        return _first(socket.getaddrinfo(address.host, address.port, type=_kind(address)))
+    except OSError as exc:
+        raise GnomonError(f"cannot resolve {address.host}: {exc}") from None
+
+
+async def _aresolve(address: ServerAddress) -> Resolved:
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=kind)
+        return _first(await loop.getaddrinfo(address.host, address.port, type=_kind(address)))
     except OSError as exc:
-        raise GnomonError(f"cannot resolve {host}: {exc}") from None
-    family, _, _, _, address = infos[0]
-    return family, (str(address[0]), int(address[1]))
+        raise GnomonError(f"cannot resolve {address.host}: {exc}") from None
 
 
-def _read_framed(read: Callable[[int], bytes]) -> bytes:
-    head = read(m.FRAME_HEADER)
+def _body_length(head: bytes) -> int:
+    """The length a TCP frame header announces, refused when too long for an answer."""
     length = m.frame_length(head)
     if length + m.FRAME_HEADER > MAX_RESPONSE:
         raise RoughtimeFormatError(f"TCP response of {length} bytes")
-    return head + read(length)
+    return length
 
 
 def _udp(family: int, address: tuple[str, int], packet: bytes, timeout: float) -> bytes | None:
@@ -212,7 +219,8 @@ def _tcp(family: int, address: tuple[str, int], packet: bytes, timeout: float) -
                     chunks += chunk
                 return bytes(chunks)
 
-            return _read_framed(read)
+            head = read(m.FRAME_HEADER)
+            return head + read(_body_length(head))
     except (TimeoutError, ConnectionError):
         return None
     except OSError as exc:
@@ -263,10 +271,7 @@ async def _atcp(
                 writer.write(packet)
                 await writer.drain()
                 head = await reader.readexactly(m.FRAME_HEADER)
-                length = m.frame_length(head)
-                if length + m.FRAME_HEADER > MAX_RESPONSE:
-                    raise RoughtimeFormatError(f"TCP response of {length} bytes")
-                return head + await reader.readexactly(length)
+                return head + await reader.readexactly(_body_length(head))
             finally:
                 writer.close()
     except asyncio.IncompleteReadError:
@@ -277,7 +282,7 @@ async def _atcp(
         raise GnomonError(f"TCP to {address[0]}:{address[1]}: {exc}") from None
 
 
-# --- the query logic, shared by both forms -----------------------------------------
+# --- the query logic without I/O: a generator of the steps to carry out --------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +329,23 @@ class Target:
         return plan
 
 
+@dataclass(frozen=True, slots=True)
+class _Resolve:
+    address: ServerAddress  # answer: its Resolved
+
+
+@dataclass(frozen=True, slots=True)
+class _Send:
+    address: ServerAddress  # answer: (the response or None, the seconds it took)
+    resolved: Resolved
+    packet: bytes
+
+
+_Step = _Resolve | _Send
+_T = TypeVar("_T")
+_Steps = Generator[_Step, Any, _T]
+
+
 class _Attempts:
     """Bounded retries of one server: a fresh request each time, grease tolerated."""
 
@@ -333,6 +355,24 @@ class _Attempts:
         self.previous = previous
         self.sent = 0
         self.last_error: GnomonError | None = None
+
+    def steps(self) -> _Steps[RoughtimeResult]:
+        """Each address of the plan in turn, a few requests to each, until one verifies."""
+        for address in self.target.plan():
+            resolved = yield _Resolve(address)
+            answered = False
+            for _ in range(self.client.attempts):
+                request, rand = self.request()
+                response, delay = yield _Send(address, resolved, request.packet)
+                if response is None:
+                    continue
+                answered = True
+                reply = self.check(request, response)
+                if reply is not None:
+                    return self.result(address, resolved, reply, delay, rand)
+            if answered:
+                break  # the server answers: another transport would not help
+        raise self.failure()
 
     def request(self) -> tuple[ClientRequest, bytes | None]:
         self.sent += 1
@@ -354,6 +394,28 @@ class _Attempts:
             self.last_error = exc
             return None
 
+    def result(
+        self,
+        address: ServerAddress,
+        resolved: Resolved,
+        reply: Reply,
+        delay: float,
+        rand: bytes | None,
+    ) -> RoughtimeResult:
+        return RoughtimeResult(
+            server=self.target.name,
+            address=resolved[1][0],
+            port=resolved[1][1],
+            protocol=address.protocol,
+            public_key=self.target.public_key,
+            midpoint=reply.midpoint,
+            radius=reply.radius,
+            reply=reply,
+            delay=delay,
+            attempts=self.sent,
+            rand=rand,
+        )
+
     def failure(self) -> GnomonError:
         if self.last_error is not None:
             return RoughtimeVerificationError(
@@ -366,8 +428,29 @@ class _Attempts:
         )
 
 
-Exchange = Callable[[int, tuple[str, int], bytes, float], bytes | None]
-AsyncExchange = Callable[[int, tuple[str, int], bytes, float], Awaitable[bytes | None]]
+def _chain_steps(
+    client: RoughtimeClient, servers: Sequence[ServerEntry | Target], passes: int
+) -> _Steps[ChainResult]:
+    """Every server in order ``passes`` times, each nonce chained to the last answer."""
+    targets = [s if isinstance(s, Target) else Target.from_entry(s) for s in servers]
+    if not targets:
+        raise RoughtimeError("a chain needs at least one server")
+    chain = _Chain()
+    for _ in range(passes):
+        for target in targets:
+            try:
+                chain.add((yield from _Attempts(client, target, chain.previous).steps()))
+            except GnomonError as exc:
+                chain.fail(target, exc)
+    return chain.result()
+
+
+def _advance(steps: _Steps[_T], answer: object) -> _Step:
+    """The next step after ``answer``, which is raised in ``steps`` when it is an error."""
+    return steps.throw(answer) if isinstance(answer, GnomonError) else steps.send(answer)
+
+
+# --- the client: the steps carried out, blocking or in asyncio -----------------------
 
 
 class RoughtimeClient:
@@ -391,8 +474,6 @@ class RoughtimeClient:
         self.timeout = timeout
         self.attempts = attempts
         self.random = random
-
-    # --- one server ----------------------------------------------------------------
 
     def query(
         self,
@@ -420,108 +501,61 @@ class RoughtimeClient:
         return await self.aquery_target(target)
 
     def query_target(self, target: Target, previous: bytes | None = None) -> RoughtimeResult:
-        attempts = _Attempts(self, target, previous)
-        for address in target.plan():
-            exchange: Exchange = _udp if address.protocol == "udp" else _tcp
-            kind = socket.SOCK_DGRAM if address.protocol == "udp" else socket.SOCK_STREAM
-            family, resolved = _resolve(address.host, address.port, kind)
-            answered = False
-            for _ in range(self.attempts):
-                request, rand = attempts.request()
-                started = time.monotonic()
-                response = exchange(family, resolved, request.packet, self.timeout)
-                delay = time.monotonic() - started
-                if response is None:
-                    continue
-                answered = True
-                reply = attempts.check(request, response)
-                if reply is not None:
-                    return self._result(target, address, resolved, reply, delay, attempts, rand)
-            if answered:
-                break  # the server answers: another transport would not help
-        raise attempts.failure()
+        return self._run(_Attempts(self, target, previous).steps())
 
     async def aquery_target(self, target: Target, previous: bytes | None = None) -> RoughtimeResult:
-        attempts = _Attempts(self, target, previous)
-        loop = asyncio.get_running_loop()
-        for address in target.plan():
-            exchange: AsyncExchange = _audp if address.protocol == "udp" else _atcp
-            kind = socket.SOCK_DGRAM if address.protocol == "udp" else socket.SOCK_STREAM
-            family, resolved = await _aresolve(address.host, address.port, kind)
-            answered = False
-            for _ in range(self.attempts):
-                request, rand = attempts.request()
-                started = loop.time()
-                response = await exchange(family, resolved, request.packet, self.timeout)
-                delay = loop.time() - started
-                if response is None:
-                    continue
-                answered = True
-                reply = attempts.check(request, response)
-                if reply is not None:
-                    return self._result(target, address, resolved, reply, delay, attempts, rand)
-            if answered:
-                break
-        raise attempts.failure()
-
-    @staticmethod
-    def _result(
-        target: Target,
-        address: ServerAddress,
-        resolved: tuple[str, int],
-        reply: Reply,
-        delay: float,
-        attempts: _Attempts,
-        rand: bytes | None,
-    ) -> RoughtimeResult:
-        return RoughtimeResult(
-            server=target.name,
-            address=resolved[0],
-            port=resolved[1],
-            protocol=address.protocol,
-            public_key=target.public_key,
-            midpoint=reply.midpoint,
-            radius=reply.radius,
-            reply=reply,
-            delay=delay,
-            attempts=attempts.sent,
-            rand=rand,
-        )
-
-    # --- chains --------------------------------------------------------------------
+        return await self._arun(_Attempts(self, target, previous).steps())
 
     def query_chain(self, servers: Sequence[ServerEntry | Target], passes: int = 2) -> ChainResult:
         """Ask every server in order ``passes`` times, each nonce chained to the last answer."""
-        targets = _targets(servers)
-        chain = _Chain()
-        for _ in range(passes):
-            for target in targets:
-                try:
-                    chain.add(self.query_target(target, chain.previous))
-                except GnomonError as exc:
-                    chain.fail(target, exc)
-        return chain.result()
+        return self._run(_chain_steps(self, servers, passes))
 
     async def aquery_chain(
         self, servers: Sequence[ServerEntry | Target], passes: int = 2
     ) -> ChainResult:
         """The asyncio form of :meth:`query_chain` (sequential: each nonce needs the last)."""
-        targets = _targets(servers)
-        chain = _Chain()
-        for _ in range(passes):
-            for target in targets:
-                try:
-                    chain.add(await self.aquery_target(target, chain.previous))
-                except GnomonError as exc:
-                    chain.fail(target, exc)
-        return chain.result()
+        return await self._arun(_chain_steps(self, servers, passes))
 
+    def _run(self, steps: _Steps[_T]) -> _T:
+        """Carry out ``steps`` with blocking sockets; a step's error is raised in them."""
+        try:
+            step = next(steps)
+            while True:
+                step = _advance(steps, self._blocking(step))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
-def _targets(servers: Sequence[ServerEntry | Target]) -> list[Target]:
-    targets = [s if isinstance(s, Target) else Target.from_entry(s) for s in servers]
-    if not targets:
-        raise RoughtimeError("a chain needs at least one server")
-    return targets
+    async def _arun(self, steps: _Steps[_T]) -> _T:
+        """The asyncio form of :meth:`_run`."""
+        try:
+            step = next(steps)
+            while True:
+                step = _advance(steps, await self._async(step))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def _blocking(self, step: _Step) -> object:
+        """A step's answer, or the error it ended in."""
+        try:
+            if isinstance(step, _Resolve):
+                return _resolve(step.address)
+            exchange = _udp if step.address.protocol == "udp" else _tcp
+            started = time.monotonic()
+            response = exchange(*step.resolved, step.packet, self.timeout)
+            return response, time.monotonic() - started
+        except GnomonError as exc:
+            return exc
+
+    async def _async(self, step: _Step) -> object:
+        try:
+            if isinstance(step, _Resolve):
+                return await _aresolve(step.address)
+            exchange = _audp if step.address.protocol == "udp" else _atcp
+            started = asyncio.get_running_loop().time()
+            response = await exchange(*step.resolved, step.packet, self.timeout)
+            return response, asyncio.get_running_loop().time() - started
+        except GnomonError as exc:
+            return exc
 
 
 class _Chain:
