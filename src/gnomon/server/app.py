@@ -26,7 +26,8 @@ from ..proto.nts.ke_server import KeResponder
 from ..proto.nts.ntp_server import NtpResponder, TimeSource
 from ..proto.ratelimit import KeRateLimiter, RateLimiter
 from .config import ServerConfig, split_host_port
-from .keys import FileKeyStore, KeyRing, KeyStore, MemoryKeyStore, RotationPolicy
+from .keys import KeyRing, KeyStore
+from .keystores import key_policy, make_key_store
 from .metrics import (
     MULTIPROC_ENV,
     MetricsExporter,
@@ -36,7 +37,6 @@ from .metrics import (
     synchronisation_gauges,
 )
 from .ntp import Admission, NtpService, open_ntp_socket, steer_by_source
-from .secretfiles import read_fleet_secret
 from .upstream import UpstreamPoller, local_time_source
 
 if TYPE_CHECKING:  # imported where a role needs them: an NTP worker goes without pyOpenSSL,
@@ -65,27 +65,6 @@ def roles_of(config: ServerConfig) -> frozenset[str]:
     return roles | {"roughtime"} if config.roughtime else roles
 
 
-def key_policy(config: ServerConfig) -> RotationPolicy:
-    return RotationPolicy(config.rotation_period, config.keep_old)
-
-
-def make_key_store(config: ServerConfig) -> KeyStore:
-    """The key store the configuration names (Redis for a fleet, a file, or memory)."""
-    if config.key_store == "redis":
-        from .redisstore import RedisKeyStore
-
-        assert config.redis_url is not None and config.fleet_secret_file is not None
-        return RedisKeyStore.connect(
-            config.redis_url,
-            read_fleet_secret(config.fleet_secret_file, config.user),
-            seed_lifetime=key_policy(config).lifetime,
-            fleet=config.fleet,
-        )
-    if config.key_path is not None:
-        return FileKeyStore(config.key_path, config.user)
-    return MemoryKeyStore()
-
-
 def drop_privileges(user: str) -> None:
     """Become ``user`` (and its group) once the ports are bound; no way back."""
     if os.geteuid() != 0:
@@ -95,15 +74,6 @@ def drop_privileges(user: str) -> None:
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
     log.info("running as %s (uid %d)", user, entry.pw_uid)
-
-
-def check_key_store(config: ServerConfig) -> None:
-    """Fail now, in one line, if the configured store cannot give the current key."""
-    store = make_key_store(config)
-    try:
-        KeyRing(store, key_policy(config)).start(time.time())
-    finally:
-        store.close()
 
 
 @dataclass

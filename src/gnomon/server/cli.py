@@ -224,8 +224,8 @@ def run_server(
 
         asyncio.run(Server(config, ready=single).run())
         return
-    from .app import check_key_store
     from .certificates import load_server_context
+    from .keystores import check_key_store
     from .supervisor import Supervisor
 
     # Workers start in fresh processes: find bad files here, where one line can say so.
