@@ -189,7 +189,7 @@ class Bench:
         self.results: dict[str, dict[str, dict[str, Any]]] = {}
         self.window_no = 0
         cpus = sorted(os.sched_getaffinity(0))
-        server_share = max(args.workers or 1, args.ke_workers or 1)
+        server_share = max(args.workers or 1, *args.workers_curve, args.ke_workers or 1)
         if args.pin and len(cpus) >= server_share + 1:
             self.server_cpus: list[int] | None = cpus[:server_share]
             self.loadgen_cpus: list[int] | None = cpus[server_share:]
@@ -207,19 +207,26 @@ class Bench:
             if key == "roughly":
                 log(f"starting roughly ({srv.ROUGHLY})")
                 server = srv.start_roughly(self.tmp / key, lifetime=lifetime, cpus=self.server_cpus)
-            elif key in ("gnomon", "gnomon-base"):
+            elif key.startswith("gnomon"):
                 log(f"starting {key}")
+                workers = self.args.workers
+                if key.startswith("gnomon-w"):  # a point of the --workers curve
+                    workers = int(key.removeprefix("gnomon-w"))
                 server = srv.start_gnomon(
                     self.tmp / key,
                     self.pki.cert_chain,
                     self.pki.key,
-                    workers=self.args.workers,
+                    workers=workers,
                     ke_workers=self.args.ke_workers,
                     options=self.gnomon_options,
                     lifetime=lifetime,
                     cpus=self.server_cpus,
                     source=self.args.baseline if key == "gnomon-base" else None,
                 )
+                if key.startswith("gnomon-w"):
+                    server.key, server.label = key, f"gnomon, {workers} NTP workers"
+                elif self.args.workers_curve:
+                    server.label = f"gnomon, {workers} NTP workers"
             else:
                 binary = CHRONY_43 if key == "chrony-4.3" else str(self.args.chrony_modern)
                 log(f"starting {key} ({binary})")
@@ -515,9 +522,11 @@ class Bench:
             good.sort(key=lambda r: r["server_per_op"])
             entry.update(good[(len(good) - 1) // 2])  # the median (the lower one of two)
             entry["windows"] = len(results)
-            if len(results) > 1:
-                entry["server_per_op_all"] = [r.get("server_per_op") for r in results]
-                entry["rate_all"] = [r.get("rate") for r in results]
+            # One list per run (``--runs``), one value per round: ratios pair the windows
+            # of one round, which ran minutes apart at most, never windows of two runs.
+            entry["server_per_op_by_run"] = [[r.get("server_per_op") for r in results]]
+            entry["server_per_op_all"] = [r.get("server_per_op") for r in results]
+            entry["rate_all"] = [r.get("rate") for r in results]
         for server in self.servers:
             server.info["memory_at_end"] = procfs.tree_memory(server.pid)
 
@@ -792,6 +801,42 @@ def roughtime_sentences(bench: Bench) -> list[str]:
     return ["Roughtime (median, range over rounds): " + "; ".join(parts) + ratio + "."]
 
 
+def round_ratios(mine: dict[str, Any], theirs: dict[str, Any]) -> list[list[float]]:
+    """Per run, the ratio of CPU per operation in each round both servers measured."""
+    found = []
+    for a_run, b_run in zip(
+        mine.get("server_per_op_by_run", []), theirs.get("server_per_op_by_run", []), strict=False
+    ):
+        found.append([a / b for a, b in zip(a_run, b_run, strict=False) if a and b])
+    return [run for run in found if run]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def fmt_ratio_range(by_run: list[list[float]]) -> str:
+    """``1.52x (1.47-1.61)``: median and range over every round of every run; with several
+    runs, the range of the runs' medians too."""
+    values = [v for run in by_run for v in run]
+    if not values:
+        return "-"
+    text = f"{_median(values):.2f}x"
+    if len(values) > 1:
+        text += f" ({min(values):.2f}-{max(values):.2f})"
+    if len(by_run) > 1:
+        medians = [_median(run) for run in by_run]
+        text += f", run medians {min(medians):.2f}-{max(medians):.2f}"
+    return text
+
+
+def ratio_span(by_run: list[list[float]]) -> tuple[float, float] | None:
+    values = [v for run in by_run for v in run]
+    return (min(values), max(values)) if values else None
+
+
 def build_table(bench: Bench, scenarios: list[Scenario]) -> tuple[list[str], list[list[str]]]:
     servers = bench.servers
     chronys = [s for s in servers if s.key != "gnomon"]
@@ -805,7 +850,6 @@ def build_table(bench: Bench, scenarios: list[Scenario]) -> tuple[list[str], lis
     for scenario in scenarios:
         row = [f"{scenario.label} [{scenario.unit}]"]
         by_server = bench.results.get(scenario.key, {})
-        gnomon_per = by_server.get("gnomon", {}).get("server_per_op")
         for server in servers:
             entry = by_server.get(server.key, {})
             if "skipped" in entry or "error" in entry:
@@ -816,8 +860,7 @@ def build_table(bench: Bench, scenarios: list[Scenario]) -> tuple[list[str], lis
                     rate += "*"
                 row += [rate, _fmt_per(entry.get("server_per_op"), scenario.ke)]
             if server in chronys and has_gnomon:
-                chrony_per = entry.get("server_per_op")
-                row.append(f"{gnomon_per / chrony_per:.2f}x" if gnomon_per and chrony_per else "-")
+                row.append(fmt_ratio_range(round_ratios(by_server.get("gnomon", {}), entry)))
         rows.append(row)
     return header, rows
 
@@ -926,6 +969,7 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
     setup_line = (
         f"{settings['duration_s']:g} s per scenario after {settings['warmup_s']:g} s warm-up"
         + (f", {settings['rounds']} rounds (median shown)" if settings["rounds"] > 1 else "")
+        + (f" in each of {settings['runs']} runs" if settings.get("runs", 1) > 1 else "")
         + f"; up to {settings['retries']} retry of a window disturbed by other processes; "
         f"{settings['inflight']} requests in flight over {settings['sockets']} UDP sockets, "
         f"{settings['loadgen_procs']} load-generator process(es); {settings['requests']} "
@@ -944,7 +988,8 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
     notes = [
         "CPU/op = server CPU (utime+stime of the whole process tree, /proc) in the window "
         "divided by replies (or handshakes) counted in it; ratio = gnomon CPU/op ÷ that "
-        "server's CPU/op (below 1: gnomon cheaper).",
+        "server's CPU/op (below 1: gnomon cheaper), taken in each round from the two "
+        "windows of that round: median (range over rounds and runs).",
         "* after a rate: the load generator, not the server, limited that rate "
         "(its CPU/op is still valid).",
         "Details: other cores = CPU used by other processes in the window (a shared "
@@ -1065,8 +1110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=int,
-        help="gnomon serve --workers W: NTP worker processes (default: gnomon's own)",
+        help="gnomon serve --workers W: NTP worker processes (default: gnomon's own); "
+        "W1,W2,...: one gnomon per count, interleaved in one run (the CPU per reply "
+        "against the number of workers), the first as 'gnomon'",
     )
     parser.add_argument(
         "--ke-workers",
@@ -1101,8 +1147,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
+        help="run the whole interleaved sequence N times: medians, and ratios as ranges "
+        "over rounds (default 3, 1 with --quick)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
         default=1,
-        help="run the whole interleaved sequence N times; report medians (default 1)",
+        help="repeat everything N times with fresh servers: ratios as ranges over rounds "
+        "and runs (default 1)",
     )
     parser.add_argument("--max-replies", type=int, default=20_000_000)
     parser.add_argument("--max-handshakes", type=int, default=20_000)
@@ -1155,6 +1208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.warmup = 0.3 if args.quick else 0.5
     if args.sessions is None:
         args.sessions = 4 if args.quick else 16
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     if not 0.1 <= args.duration <= 120 or not 0 <= args.warmup <= 30:
         parser.error("--duration must be within 0.1..120 s and --warmup within 0..30 s")
     if args.quality_duration is None:
@@ -1165,15 +1220,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--quality-rate must be positive")
     if not 1 <= args.rounds <= 10:
         parser.error("--rounds must be within 1..10")
+    if not 1 <= args.runs <= 10:
+        parser.error("--runs must be within 1..10")
     if not 0 <= args.retries <= 3:
         parser.error("--retries must be within 0..3")
     if args.inflight < 1 or args.sockets < 1 or args.ke_threads < 1:
         parser.error("--inflight, --sockets and --ke-threads must be positive")
-    if args.workers is not None and not 0 <= args.workers <= 64:
-        parser.error("--workers must be within 0..64")
+    args.workers_curve = []
+    if args.workers is not None:
+        try:
+            counts = [int(w) for w in str(args.workers).split(",")]
+        except ValueError:
+            parser.error("--workers takes a number or a comma list of numbers")
+        if not all(0 <= w <= 64 for w in counts) or len(set(counts)) != len(counts):
+            parser.error("--workers must be within 0..64, each count once")
+        args.workers, args.workers_curve = counts[0], counts[1:]
     if args.ke_workers is not None and not 1 <= args.ke_workers <= 64:
         parser.error("--ke-workers must be within 1..64")
     return args
+
+
+def merge_runs(bench: Bench, earlier: list[Bench]) -> None:
+    """Put the rounds of ``earlier`` runs beside the last run's, per scenario and server
+    (the cells keep the last run's median window; the ratios use every run)."""
+    for previous in earlier:
+        for scenario_key, by_server in previous.results.items():
+            for server_key, entry in by_server.items():
+                if "server_per_op_by_run" not in entry:
+                    continue
+                mine = bench.results.get(scenario_key, {}).get(server_key)
+                if mine is None or "server_per_op_by_run" not in mine:
+                    continue
+                mine["server_per_op_by_run"] = [
+                    *entry["server_per_op_by_run"],
+                    *mine["server_per_op_by_run"],
+                ]
+                mine["server_per_op_all"] = entry["server_per_op_all"] + mine["server_per_op_all"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1206,6 +1288,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--baseline {args.baseline}: no gnomon package there", file=sys.stderr)
             return 2
         wanted.append("gnomon-base")
+    if "gnomon" in wanted:
+        position = wanted.index("gnomon") + 1
+        wanted[position:position] = [f"gnomon-w{w}" for w in args.workers_curve]
     if "roughly" in wanted and not os.access(srv.ROUGHLY, os.X_OK):
         print(
             f"roughly not found at {srv.ROUGHLY} (run scripts/install-roughly.sh)",
@@ -1222,26 +1307,38 @@ def main(argv: list[str] | None = None) -> int:
         print("chrony drops privileges (-u nobody): run the benchmark as root", file=sys.stderr)
         return 2
 
-    windows = len(scenarios) * len(wanted) * (1 + args.retries) * args.rounds
+    windows = len(scenarios) * len(wanted) * (1 + args.retries) * args.rounds  # per run
     if args.quality:
         windows += 2 * len(wanted) + 1
     lifetime = windows * (args.duration + args.warmup + 40) + 300  # server self-destruct bound
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
-    bench = Bench(args)
     started = time.monotonic()
     meta: dict[str, Any] = {
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": procfs.machine_info(),
     }
+    bench = Bench(args)
+    earlier: list[Bench] = []
     try:
-        bench.start_servers(wanted, lifetime)
-        log("NTS-KE sessions, precomputed requests, pre-flight checks")
-        nts015 = SCENARIO_BY_KEY["nts0-15"]
-        bench.prepare(
-            [*scenarios, nts015] if args.quality and nts015 not in scenarios else scenarios
-        )
-        bench.run(scenarios, started + args.budget)
+        for run_no in range(args.runs):
+            if run_no:
+                bench.stop_servers()  # a separate run: fresh servers, sessions and requests
+                shutil.rmtree(bench.tmp, ignore_errors=True)
+                earlier.append(bench)
+                bench = Bench(args)
+                log(f"run {run_no + 1}/{args.runs}")
+            bench.start_servers(wanted, lifetime)
+            log("NTS-KE sessions, precomputed requests, pre-flight checks")
+            nts015 = SCENARIO_BY_KEY["nts0-15"]
+            last = run_no == args.runs - 1
+            bench.prepare(
+                [*scenarios, nts015]
+                if args.quality and last and nts015 not in scenarios
+                else scenarios
+            )
+            bench.run(scenarios, started + args.budget * (run_no + 1))
+        merge_runs(bench, earlier)
         if args.quality:
             bench.quality(scenarios)
         meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -1256,12 +1353,14 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": args.sessions,
             "ke_threads": args.ke_threads,
             "rounds": args.rounds,
+            "runs": args.runs,
             "retries": args.retries,
             "budget_s": args.budget,
             "certificate": "ECDSA P-256 (throwaway CA, gnomon.certs.make_demo_pki)",
             "server_cpus": bench.server_cpus,
             "loadgen_cpus": bench.loadgen_cpus,
             "gnomon_workers_option": args.workers,
+            "gnomon_workers_curve": args.workers_curve,
             "gnomon_ke_workers_option": args.ke_workers,
             "gnomon_layout": next(
                 (s.info.get("layout") for s in bench.servers if s.key == "gnomon"), "not run"
