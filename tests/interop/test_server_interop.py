@@ -84,6 +84,7 @@ def gnomon_config(
     ntp_port: int,
     aeads: Sequence[int],
     key_path: Path,
+    require_nts: bool = True,
 ) -> Path:
     path = workdir / "gnomon.toml"
     path.write_text(
@@ -94,7 +95,7 @@ def gnomon_config(
                 'listen = ["127.0.0.1", "::1"]',
                 f"ntp_port = {ntp_port}",
                 f"ke_port = {ke_port}",
-                "require_nts = true",
+                f"require_nts = {'true' if require_nts else 'false'}",
                 "",
                 "[tls]",
                 f'certificate = "{pki.cert_chain}"',
@@ -125,6 +126,7 @@ def start_gnomon(
     ntp_port: int | None = None,
     key_path: Path | None = None,
     lifetime: float = 300.0,
+    require_nts: bool = True,
 ) -> GnomonServer:
     """Start ``gnomon serve`` (in `netns` if given) and wait for its ready file.
 
@@ -143,6 +145,7 @@ def start_gnomon(
         ntp_port=ntp_port,
         aeads=aeads,
         key_path=key_path or workdir / "keys.json",
+        require_nts=require_nts,
     )
     ready = workdir / "ready.json"
     ready.unlink(missing_ok=True)

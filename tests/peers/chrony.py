@@ -423,8 +423,10 @@ def chrony_nts_client(
     lifetime: float = DEFAULT_LIFETIME,
     chronyd_bin: str | None = None,
     chronyc_bin: str | None = None,
+    nts: bool = True,
 ) -> Iterator[ChronyClient]:
     """chronyd as an NTS client of one server, polling every 0.25 s, clock untouched.
+    With ``nts=False``, a plain NTP client of ``ntp_port`` (``ke_port`` unused).
 
     `server_host` is both the address and the name checked against the certificate
     (``localhost`` or an IP address of the SAN).  The NTP port the client uses is the
@@ -435,16 +437,20 @@ def chrony_nts_client(
     runtime = _runtime_dir("gnomon-chrony-cli-")
     try:
         _install(ca, runtime / "ca.pem", 0o644)
+        security = f"nts ntsport {ke_port} " if nts else ""
         server = (
-            f"server {server_host} port {ntp_port} nts ntsport {ke_port} "
+            f"server {server_host} port {ntp_port} {security}"
             f"iburst minpoll -2 maxpoll -2 {extra_server_options}"
         ).rstrip()
-        lines = [
-            "# chrony NTS client for gnomon interop tests (never touches the clock: -x)",
-            server,
+        nts_lines = [
             f"ntstrustedcerts {runtime / 'ca.pem'}",
             "nosystemcert",
             "authselectmode require",
+        ]
+        lines = [
+            "# chrony NTS client for gnomon interop tests (never touches the clock: -x)",
+            server,
+            *(nts_lines if nts else []),
             "port 0",
             "cmdport 0",
             f"bindcmdaddress {runtime / 'chronyd.sock'}",

@@ -61,8 +61,9 @@ def test_plain_request_answered_from_the_time_source(codec: CookieCodec, version
     assert header.version == version
     assert header.poll == 7
     assert header.origin_ts == 0xDEADBEEF01234567
-    assert header.receive_ts == unix_ns_to_ntp(RECEIVE)
-    assert header.transmit_ts == unix_ns_to_ntp(TRANSMIT)
+    # The lowest bit tells receive (1) from transmit (0) timestamps (interleaved mode).
+    assert header.receive_ts == unix_ns_to_ntp(RECEIVE) | 1
+    assert header.transmit_ts == unix_ns_to_ntp(TRANSMIT) & ~1
     assert (header.leap, header.stratum) == (0, 2)
     assert header.reference_id == SYNCED.reference_id
     assert header.reference_ts == SYNCED.reference_ts

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 class Echo:
     """Answers ``b"re:" + request``; None for b"drop", raises for b"boom"."""
 
+    tx_key = 0  # never asks for a transmit timestamp (interleaved mode)
+
     def __init__(self, pause: float = 0.0) -> None:
         self.pause = pause
         self.received: list[int] = []

@@ -22,6 +22,17 @@ to ``recvmsg`` and ``sendto``, each reply sent as soon as it is sealed. The
 machinery it shares with the Roughtime service (sockets, buffers, batched
 sends, admission) is in ``udp.py``; the per-datagram loop stays here.
 
+Interleaved mode (draft-ietf-ntp-interleaved-modes, chrony's ``xleave``): the
+responder decides which replies are interleaved and keeps their transmit
+timestamps (``NtpResponder._interleave``); here a reply it marks (``tx_key``, only
+replies to clients that ask) goes out with a control message asking the kernel
+for its software transmit timestamp (``SO_TIMESTAMPING``, ``OPT_ID`` and
+``OPT_TSONLY`` set on the socket, ``TX_SOFTWARE`` per packet), read back from the
+error queue after the ``sendmmsg``, so the next interleaved reply to that client
+carries the time its previous reply really left, batching wait included. Basic
+replies pay one attribute test each. Without kernel timestamps (the ``recvmsg``
+fallback, an old kernel) interleaved replies carry the daemon's transmit time.
+
 Abuse controls sit in front of the responder, so what is refused costs no
 cryptography: an :class:`Admission` (allow/deny lists and the per-address
 rate limiter of ``proto/ratelimit.py``) decides each datagram from its
@@ -35,6 +46,7 @@ import ctypes
 import errno
 import logging
 import socket
+import struct
 import time
 from typing import Any
 
@@ -66,6 +78,38 @@ log = logging.getLogger("gnomon.ntp")
 _SEND_DELAY_NS = 200_000
 open_ntp_socket = open_udp_socket
 
+SO_TIMESTAMPING = 37  # Linux; SCM_TIMESTAMPING has the same value
+_TX_SOFTWARE, _SOFTWARE, _OPT_ID, _OPT_TSONLY, _OPT_RX_FILTER = (
+    1 << 1,
+    1 << 4,
+    1 << 7,
+    1 << 11,
+    1 << 17,
+)
+_SO_EE_ORIGIN_TIMESTAMPING = 4
+_RECVERR = {(socket.IPPROTO_IP, 11), (socket.IPPROTO_IPV6, 25)}  # IP_RECVERR, IPV6_RECVERR
+_EXTENDED_ERR = struct.Struct("@IBBBxII")  # struct sock_extended_err (ee_info, ee_data last)
+_TS = struct.Struct("@qq")
+# A control message asking for this datagram's software transmit timestamp:
+# cmsg_len = CMSG_LEN(4), SOL_SOCKET, SO_TIMESTAMPING, the flags; CMSG_SPACE(4) bytes.
+_TX_REQUEST = struct.Struct("@NiiI4x")
+_CONTROL = struct.Struct("@PN")  # msg_control, msg_controllen of an mmsghdr (at 32)
+_TX_IDS_LIMIT = 4096  # transmit timestamps asked for and not yet read
+
+
+def enable_transmit_timestamps(sock: socket.socket) -> bool:
+    """Let datagrams on ``sock`` ask for kernel software transmit timestamps, reported
+    by id without the packet (receive timestamps stay SO_TIMESTAMPNS)."""
+    for extra in (_OPT_RX_FILTER, 0):  # RX_FILTER (Linux 6.2): no second receive stamp
+        try:
+            sock.setsockopt(
+                socket.SOL_SOCKET, SO_TIMESTAMPING, _SOFTWARE | _OPT_ID | _OPT_TSONLY | extra
+            )
+        except OSError:
+            continue
+        return True
+    return False
+
 
 class NtpService(UdpService):
     def __init__(
@@ -78,6 +122,63 @@ class NtpService(UdpService):
     ) -> None:
         super().__init__(sock, batch, admission)
         self.responder = responder
+        self.transmit_stamps = self._batch is not None and enable_transmit_timestamps(sock)
+        self._tx_ids: dict[int, int] = {}  # kernel timestamp id -> reply's receive timestamp
+        self._next_tx_id = 0
+        self._tx_request_raw = ctypes.create_string_buffer(
+            _TX_REQUEST.pack(_TX_REQUEST.size - 4, SOL_SOCKET, SO_TIMESTAMPING, _TX_SOFTWARE)
+        )
+        self._tx_request = ctypes.addressof(self._tx_request_raw)
+        self.tx_stamps_read = 0
+        self._forgotten = False  # ids dropped unread: their stamps may sit in the queue
+
+    def drain(self) -> None:
+        super().drain()
+        if self._tx_ids or self._forgotten:
+            self._read_transmit_stamps()
+
+    def _stamped_sent(self, batch: Batch, stamped: list[tuple[int, int]]) -> None:
+        """After a ``sendmmsg``: each reply in ``stamped`` (slot, key) gets its id, the
+        slots lose their control message, and the stamps already there are read."""
+        headers = batch.send_headers
+        ids = self._tx_ids
+        for slot, key in stamped:
+            _CONTROL.pack_into(headers, slot * HDR + 32, 0, 0)
+            ids[self._next_tx_id] = key
+            self._next_tx_id = (self._next_tx_id + 1) & 0xFFFFFFFF
+        while len(ids) > _TX_IDS_LIMIT:
+            del ids[next(iter(ids))]
+            self._forgotten = True
+        self._read_transmit_stamps()
+
+    def _read_transmit_stamps(self) -> None:
+        """Everything in the socket's error queue: transmit timestamps, by id."""
+        recvmsg = self.sock.recvmsg
+        update = self.responder.update_transmit
+        ids = self._tx_ids
+        while True:
+            try:
+                _, ancillary, _, _ = recvmsg(0, 256, socket.MSG_ERRQUEUE | MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                self._forgotten = False  # the queue is empty
+                return
+            except OSError:
+                self.errors += 1
+                return
+            stamp = ident = None
+            for level, kind, value in ancillary:
+                if level == SOL_SOCKET and kind == SO_TIMESTAMPING and len(value) >= _TS.size:
+                    seconds, nanoseconds = _TS.unpack_from(value)
+                    stamp = seconds * 1_000_000_000 + nanoseconds
+                elif (level, kind) in _RECVERR and len(value) >= _EXTENDED_ERR.size:
+                    _, origin, _, _, _, data = _EXTENDED_ERR.unpack_from(value)
+                    if origin == _SO_EE_ORIGIN_TIMESTAMPING:
+                        ident = data
+            if stamp and ident is not None:
+                key = ids.pop(ident, 0)
+                if key:
+                    self.tx_stamps_read += 1
+                    update(key, stamp)
 
     def _drain_mmsg(self, batch: Batch) -> None:
         """One ``recvmmsg`` for up to ``batch`` datagrams, each answered in turn."""
@@ -97,6 +198,8 @@ class NtpService(UdpService):
         send_data, send_names, send_iovecs = batch.send_data, batch.send_names, batch.send_iovecs
         name_len = batch.name_len
         pack_length = IOV_LEN.pack_into
+        responder = self.responder
+        stamped: list[tuple[int, int]] = []
         replies = 0
         try:
             for i in range(count):
@@ -125,17 +228,32 @@ class NtpService(UdpService):
                     at = replies * NAME_LEN
                     send_names[at : at + name_len] = name
                     pack_length(send_iovecs, replies * IOVEC.size + 8, len(reply))
+                    if responder.tx_key:  # an interleaved client: its transmit time, please
+                        if self.transmit_stamps:
+                            stamped.append((replies, responder.tx_key))
+                            _CONTROL.pack_into(
+                                batch.send_headers,
+                                replies * HDR + 32,
+                                self._tx_request,
+                                _TX_REQUEST.size,
+                            )
+                        responder.tx_key = 0
                     replies += 1
                     if replies == 1:
                         oldest = time_ns()
                     elif time_ns() - oldest > _SEND_DELAY_NS:
                         self._send_replies(batch, replies)
                         replies = 0
+                        if stamped:
+                            self._stamped_sent(batch, stamped)
+                            stamped = []
         finally:
             headers[: count * HDR] = batch.headers_template[: count * HDR]
             aux[: count * AUX] = batch.aux_template[: count * AUX]
             if replies:
                 self._send_replies(batch, replies)
+            if stamped:
+                self._stamped_sent(batch, stamped)
 
     def _refused(
         self, admission: Admission, address: Any, request: bytes, received: int, now: float
@@ -178,4 +296,5 @@ class NtpService(UdpService):
                 log.exception("NTP request from %s failed", address)
                 continue
             if reply is not None:
+                self.responder.tx_key = 0  # no kernel transmit time here: the daemon's stays
                 self._send(reply, address)

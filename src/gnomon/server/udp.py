@@ -229,6 +229,7 @@ class Batch:
         self._send_data, self.send_data, send_data = _buffer(size * MAX_REQUEST)
         send = _Messages(size, send_data, 0, names, NAME_LEN, name_len)
         self._send, self.send_iovecs, self.send_address = send, send.iovecs, send.address
+        self.send_headers = send.headers
         # The kernel rewrites msg_namelen, msg_controllen, msg_flags and msg_len of the
         # headers it fills, and the aux slots: all restored from these copies (zeros where
         # it writes) before the next call, so nothing stale is ever read. In particular a

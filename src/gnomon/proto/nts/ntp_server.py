@@ -80,6 +80,9 @@ _unpack_ef_head = _EF_HEAD.unpack_from
 _NS = 1_000_000_000
 _NTP_EPOCH = 2_208_988_800 << 32  # 1900 to 1970, in NTP's 32.32 fixed point
 _MASK64 = (1 << 64) - 1
+_EVEN64 = _MASK64 - 1  # a transmit timestamp's lowest bit is 0, a receive timestamp's 1
+_MAX_TX_UPDATE = 1 << 32  # a kernel transmit timestamp within 1 s of the daemon's
+INTERLEAVED_TABLE = 16384  # replies whose transmit timestamps are kept (interleaved mode)
 _TAG_LEN = 16
 _SESSION_LIMIT = 8192
 
@@ -146,6 +149,7 @@ class NtpResponder:
         *,
         seed: bytes,
         require_nts: bool = False,
+        interleaved_table: int = INTERLEAVED_TABLE,
     ) -> None:
         if len(seed) != RANDOM_LEN:
             raise ValueError(f"the responder's seed is {RANDOM_LEN} random bytes")
@@ -155,6 +159,13 @@ class NtpResponder:
         self.counters = NtpCounters()
         self._sessions: dict[bytes, _Session] = {}
         self.time_source = time_source or TimeSource()
+        self.interleaved_table = interleaved_table
+        self._transmits: dict[int, int] = {}  # receive timestamp sent -> transmit timestamp
+        self.tx_key = 0
+        """Set by :meth:`respond` to the receive timestamp of a reply whose transmit time
+        the adapter should report with :meth:`update_transmit` (0: none wanted); the
+        adapter clears it."""
+        self.interleaved = 0  # replies sent in interleaved mode
 
     @property
     def time_source(self) -> TimeSource:
@@ -181,15 +192,59 @@ class NtpResponder:
         self._stratum = source.stratum
 
     def _plain_reply(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes:
+        receive = ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64 | 1
+        transmit = ((clock() << 32) // _NS + _NTP_EPOCH) & _EVEN64
+        if data[31] & 1 and data[0] & 0x38 == 0x20 and data[32:40] != data[40:48]:
+            origin, transmit = self._interleave(data, receive, transmit)
+        else:
+            origin = data[40:48]
         return _pack_reply_head(
             self._first | (data[0] & 0x38),
             self._stratum,
             data[2],
             self._static,
-            data[40:48],
-            ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
-            ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,
+            origin,
+            receive,
+            transmit,
         )
+
+    def _interleave(self, data: bytes, receive: int, transmit: int) -> tuple[bytes, int]:
+        """Origin and transmit fields for a request that may be interleaved.
+
+        draft-ietf-ntp-interleaved-modes, as chrony's server does it: the receive
+        timestamps this server sends have their lowest bit set and its transmit
+        timestamps clear, so a version 4 request whose origin has the bit set (and whose
+        receive and transmit fields differ) names the receive timestamp of an earlier
+        reply. If that reply's transmit time is kept, this reply carries it (taken by the
+        kernel after the reply left, where the adapter could) with the request's receive
+        field as origin, and the entry is spent. Either way this reply's own transmit
+        time is kept for the next request, in a table of ``interleaved_table`` replies
+        (the oldest forgotten first). Only clients that ask pay for the table: the first
+        interleaved reply to a new client is its third.
+        """
+        table = self._transmits
+        if not self.interleaved_table:
+            return data[40:48], transmit
+        previous = table.pop(int.from_bytes(data[24:32]), 0)
+        if len(table) >= self.interleaved_table:
+            del table[next(iter(table))]
+        table[receive] = transmit
+        self.tx_key = receive
+        if previous:
+            self.interleaved += 1
+            return data[32:40], previous
+        return data[40:48], transmit
+
+    def update_transmit(self, key: int, transmit_ns: int) -> None:
+        """The kernel's transmit time (Unix ns) of the reply whose receive timestamp is
+        ``key`` (its :attr:`tx_key`); kept if it is no earlier than the transmit timestamp
+        the reply carries, and less than a second later."""
+        kept = self._transmits.get(key)
+        if kept is None:
+            return
+        kernel = ((transmit_ns << 32) // _NS + _NTP_EPOCH) & _EVEN64
+        if (kernel - kept) & _MASK64 < _MAX_TX_UPDATE:
+            self._transmits[key] = kernel
 
     def respond(self, data: bytes, receive_ns: int, clock: Callable[[], int]) -> bytes | None:
         length = len(data)
@@ -330,15 +385,21 @@ class NtpResponder:
             count = min(1 + wanted, MAX_COOKIES, room // cookie_field_len)
         unique = self._next_unique().to_bytes(16, "big")
         nonce, fields = codec.seal_reply(plain, count, reply_nonce_len, unique)
+        receive = ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64 | 1
+        transmit = ((clock() << 32) // _NS + _NTP_EPOCH) & _EVEN64  # as late as possible
+        if data[31] & 1 and first & 0x38 == 0x20 and data[32:40] != data[40:48]:
+            origin, transmit = self._interleave(data, receive, transmit)
+        else:
+            origin = data[40:48]
         head = (
             _pack_reply_head(
                 self._first | (first & 0x38),
                 self._stratum,
                 data[2],
                 self._static,
-                data[40:48],
-                ((receive_ns << 32) // _NS + _NTP_EPOCH) & _MASK64,
-                ((clock() << 32) // _NS + _NTP_EPOCH) & _MASK64,  # as late as possible
+                origin,
+                receive,
+                transmit,
             )
             + data[uid_at:uid_end]
         )
