@@ -584,7 +584,109 @@ class Bench:
                     f"{_fmt_us(probe['offset_us']['median'])} µs, delay "
                     f"{_fmt_us(probe['delay_us']['median'])} µs, {probe['samples']} samples"
                 )
+            for xleave in (False, True):
+                label = "chrony-xleave" if xleave else "chrony-basic"
+                log(f"quality  {server.label}: chrony client, {label} ({rate:,.0f} requests/s) ...")
+                try:
+                    entry[label] = self.quality_window_chrony(server, request_set, rate, xleave)
+                except (KeyboardInterrupt, srv.ServerStartError):
+                    raise
+                except Exception as exc:
+                    log(f"quality {server.label} {label} failed: {exc}")
+                    entry[label] = {"error": str(exc)}
+                    continue
+                got = entry[label]["probe"]
+                log(
+                    f"quality  {server.label}: {label}: median offset "
+                    f"{_fmt_us(got['offset_us']['median'])} µs, delay "
+                    f"{_fmt_us(got['delay_us']['median'])} µs, {got['samples']} samples, "
+                    f"{got['interleaved']} interleaved"
+                )
         self.results["quality"] = {"rate": rate, "servers": results}
+
+    def quality_window_chrony(
+        self, server: srv.Server, request_set: srv.RequestSet, rate: float, xleave: bool
+    ) -> dict[str, Any]:
+        """A chrony client (plain NTP, basic or ``xleave``, a sample every 1/64 s) against
+        ``server`` while the open-loop load of the other windows runs."""
+        args = self.args
+        binary = str(args.chrony_modern)
+        if not os.access(binary, os.X_OK):
+            binary = str(srv.CHRONY_43)
+        duration = args.quality_duration
+        hard = args.warmup + duration + 40
+        self.window_no += 1
+        probe = srv.start_chrony_probe(
+            binary,
+            self.tmp / f"chrony-client-{self.window_no}",
+            server.ntp_port,
+            xleave=xleave,
+            lifetime=hard + 20,
+            cpus=self.loadgen_cpus,
+        )
+        gen = LoadGen(
+            {
+                "mode": "udp",
+                "host": srv.HOST,
+                "port": server.ntp_port,
+                "sockets": args.sockets,
+                "inflight": args.inflight,
+                "rate": rate,
+                "max_replies": args.max_replies,
+                "max_seconds": hard,
+                "validate_every": 64,
+                **request_set.spec(),
+            },
+            self.tmp / f"quality-{self.window_no}-load.json",
+            self.loadgen_cpus,
+        )
+        try:
+            gen.wait_ready()
+            pids = procfs.tree(server.pid)
+            # chrony's first exchanges (iburst; interleaving starts with the third reply)
+            t0 = time.monotonic() + max(args.warmup, 3.0)
+            t1 = t0 + duration
+            gen.start(t0, t1)
+            time.sleep(max(0.0, t0 - time.monotonic()))
+            since = time.time() + 1  # the log has whole seconds: none from the warm-up
+            by_pid0, real0 = procfs.cpu_by_pid(pids), time.monotonic()
+            time.sleep(max(0.0, t1 - time.monotonic()))
+            by_pid1, real1 = procfs.cpu_by_pid(pids), time.monotonic()
+            until = time.time()
+            load = gen.result(timeout=30.0)
+        finally:
+            gen.stop()
+            probe.stop()
+        samples = probe.samples(since, until)
+        offsets = [x["offset_us"] for x in samples]
+        delays = [x["delay_us"] for x in samples]
+        server_cpu = sum(
+            by_pid1[pid][0] + by_pid1[pid][1] - u0 - s0
+            for pid, (u0, s0) in by_pid0.items()
+            if pid in by_pid1
+        )
+        return {
+            "rate_asked": rate,
+            "rate_answered": round(load["replies"] / load["elapsed_s"], 1),
+            "server_util": round(server_cpu / (real1 - real0), 3),
+            "client": f"{binary} {'xleave' if xleave else 'basic'}",
+            "probe": {
+                "samples": len(samples),
+                "lost": 0,
+                "interleaved": sum(1 for x in samples if "I" in x["mode"]),
+                "modes": sorted({x["mode"] for x in samples}),
+                "offset_us": {
+                    "median": _percentile(offsets, 0.5),
+                    "p05": _percentile(offsets, 0.05),
+                    "p95": _percentile(offsets, 0.95),
+                },
+                "delay_us": {
+                    "median": _percentile(delays, 0.5),
+                    "p05": _percentile(delays, 0.05),
+                    "p95": _percentile(delays, 0.95),
+                },
+            },
+        }
 
     def quality_window(
         self,
@@ -660,6 +762,13 @@ class Bench:
             out["load"] = {k: v for k, v in load.items() if k != "validation"}
             out["load_validation"] = load["validation"]
         return out
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _merge_validation(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -765,6 +874,7 @@ def quality_table(bench: Bench) -> tuple[list[str], list[list[str]], list[str]]:
         "server keeps this machine's clock, so the true offset is 0 and what shows is the "
         "asymmetry each server adds."
     ]
+    sentences += chrony_client_sentences(bench, quality)
     gnomon = medians.get("gnomon")
     for server in bench.servers:
         if server.key != "gnomon" and gnomon is not None and server.key in medians:
@@ -773,6 +883,77 @@ def quality_table(bench: Bench) -> tuple[list[str], list[list[str]], list[str]]:
                 f"{gnomon - medians[server.key]:+.1f} µs."
             )
     return header, rows, sentences
+
+
+def chrony_client_rows(bench: Bench) -> tuple[list[str], list[list[str]]]:
+    """A chrony client (plain NTP, basic and xleave) against each server under the load."""
+    quality = bench.results.get("quality") or {}
+    header = [
+        "server",
+        "chrony client",
+        "samples (interleaved)",
+        "median offset µs",
+        "offset p5..p95 µs",
+        "median delay µs",
+        "delay p5..p95 µs",
+    ]
+    rows = []
+    for server in bench.servers:
+        entry = quality.get("servers", {}).get(server.key, {})
+        for label in ("chrony-basic", "chrony-xleave"):
+            window = entry.get(label)
+            if not window:
+                continue
+            if "probe" not in window:
+                rows.append([server.label, label, window.get("error", "?"), "", "", "", ""])
+                continue
+            got = window["probe"]
+            off, dly = got["offset_us"], got["delay_us"]
+            rows.append(
+                [
+                    server.label,
+                    label.removeprefix("chrony-"),
+                    f"{got['samples']} ({got['interleaved']})",
+                    _fmt_us(off["median"]),
+                    f"{_fmt_us(off['p05'])}..{_fmt_us(off['p95'])}",
+                    _fmt_us(dly["median"]),
+                    f"{_fmt_us(dly['p05'])}..{_fmt_us(dly['p95'])}",
+                ]
+            )
+    return header, rows
+
+
+def chrony_client_sentences(bench: Bench, quality: dict[str, Any]) -> list[str]:
+    """Which time-quality targets hold: median offset within 20 µs of chrony's (each
+    mode), and in interleaved mode a 5th-95th percentile spread no wider than chrony's."""
+    servers = quality.get("servers", {})
+    gnomon = servers.get("gnomon", {})
+    found = []
+    for server in bench.servers:
+        if not server.key.startswith("chrony"):
+            continue
+        theirs = servers.get(server.key, {})
+        for label in ("chrony-basic", "chrony-xleave"):
+            mine, other = gnomon.get(label, {}).get("probe"), theirs.get(label, {}).get("probe")
+            if not mine or not other or mine["offset_us"]["median"] is None:
+                continue
+            if other["offset_us"]["median"] is None:
+                continue
+            gap = mine["offset_us"]["median"] - other["offset_us"]["median"]
+            text = (
+                f"chrony client, {label.removeprefix('chrony-')}: gnomon's median offset "
+                f"minus {server.label}'s {gap:+.1f} µs (target within 20 µs: "
+                f"{'holds' if abs(gap) <= 20 else 'misses'})"
+            )
+            if label == "chrony-xleave":
+                spread = mine["offset_us"]["p95"] - mine["offset_us"]["p05"]
+                theirs_spread = other["offset_us"]["p95"] - other["offset_us"]["p05"]
+                text += (
+                    f"; offset p5-p95 spread {spread:.1f} µs against {theirs_spread:.1f} µs "
+                    f"(target no wider: {'holds' if spread <= theirs_spread else 'misses'})"
+                )
+            found.append(text + ".")
+    return found
 
 
 def roughtime_sentences(bench: Bench) -> list[str]:
@@ -1015,7 +1196,10 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
         notes.append(f"{scenario_key} on {server_key}: {reason}")
 
     q_header, q_rows, q_sentences = quality_table(bench)
+    c_header, c_rows = chrony_client_rows(bench)
     quality_text = [text_table(q_header, q_rows), *q_sentences, ""] if q_rows else []
+    if c_rows:
+        quality_text += [text_table(c_header, c_rows), ""]
     text = [
         "",
         f"Machine: {machine_line}",
@@ -1070,6 +1254,7 @@ def report(bench: Bench, scenarios: list[Scenario], meta: dict[str, Any]) -> Non
                 "",
                 md_table(q_header, q_rows),
                 "",
+                *([md_table(c_header, c_rows), ""] if c_rows else []),
                 *[f"- {sentence}" for sentence in q_sentences],
                 "",
             ]
@@ -1309,7 +1494,7 @@ def main(argv: list[str] | None = None) -> int:
 
     windows = len(scenarios) * len(wanted) * (1 + args.retries) * args.rounds  # per run
     if args.quality:
-        windows += 2 * len(wanted) + 1
+        windows += 4 * len(wanted) + 1
     lifetime = windows * (args.duration + args.warmup + 40) + 300  # server self-destruct bound
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)

@@ -662,3 +662,82 @@ def preflight(port: int, request_set: RequestSet, samples: int = 4) -> dict[str,
             seen["stratum"] = header.stratum
     seen["request_len"] = request_set.packet_len
     return seen
+
+
+# --- a chrony client measuring time quality ---------------------------------------------------
+
+
+@dataclass
+class ChronyProbe:
+    """``chronyd -x`` as a plain NTP client of one server, polling every 1/64 s, basic or
+    interleaved (``xleave``), every sample in its measurements log. Never touches the
+    clock (-x); drops to ``nobody``."""
+
+    popen: subprocess.Popen[bytes]
+    directory: Path
+    xleave: bool
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def samples(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Samples logged from Unix time ``since`` to ``until`` (whole seconds): offset
+        and peer delay in µs, chrony's mode (``4B`` basic, ``4I`` interleaved)."""
+        import calendar
+
+        found = []
+        try:
+            lines = (self.directory / "measurements.log").read_text().splitlines()
+        except OSError:
+            return []
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 18 or not parts[0][:4].isdigit():
+                continue  # headers and separators
+            stamp = calendar.timegm(time.strptime(f"{parts[0]} {parts[1]}", "%Y-%m-%d %H:%M:%S"))
+            if not int(since) <= stamp <= until:
+                continue
+            try:
+                offset, delay = float(parts[11]), float(parts[12])
+            except ValueError:
+                continue
+            found.append({"offset_us": offset * 1e6, "delay_us": delay * 1e6, "mode": parts[17]})
+        return found
+
+
+def start_chrony_probe(
+    binary: str,
+    directory: Path,
+    port: int,
+    *,
+    xleave: bool,
+    lifetime: float,
+    cpus: Sequence[int] | None,
+) -> ChronyProbe:
+    user = pwd.getpwnam(CHRONY_USER)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chown(directory, user.pw_uid, user.pw_gid)
+    conf = directory / "chrony.conf"
+    conf.write_text(
+        f"server {HOST} port {port} iburst minpoll -6 maxpoll -6"
+        + (" xleave" if xleave else "")
+        + "\n"
+        "port 0\n"
+        "cmdport 0\n"
+        f"pidfile {directory / 'chronyd.pid'}\n"
+        f"logdir {directory}\n"
+        "log measurements\n"
+    )
+    popen = _spawn(
+        [binary, "-x", "-d", "-u", CHRONY_USER, "-f", str(conf)],
+        directory.parent / f"{directory.name}.log",
+        lifetime,
+        cpus,
+    )
+    return ChronyProbe(popen, directory, xleave)
