@@ -316,14 +316,14 @@ class NtsReply:
 def open_reply(reply: bytes, aead_id: int, s2c: bytes) -> NtsReply:
     """Parse a reply; checks its authenticator when it has one."""
     packet = NtpPacket.decode(reply)
-    fields = locate_nts_fields(packet.extensions, packet.offsets)
+    fields = locate_nts_fields(reply)
     outside = [ef.type for ef in packet.extensions]
     cookies: list[bytes] = []
     authenticated = False
     if fields.authenticator_offset is not None:
-        assert fields.authenticator_body is not None
+        assert fields.authenticator_end is not None
         plaintext = open_authenticator(
-            Aead(aead_id, s2c), reply, fields.authenticator_offset, fields.authenticator_body
+            Aead(aead_id, s2c), reply, fields.authenticator_offset, fields.authenticator_end
         )
         cookies = [ef.body for ef in parse_encrypted_fields(plaintext) if ef.type == EF_NTS_COOKIE]
         authenticated = True

@@ -66,13 +66,13 @@ class FakeServer:
         packet = NtpPacket.decode(data)
         if packet.header.mode != MODE_CLIENT:
             raise AssertionError(f"client sent mode {packet.header.mode}")
-        fields = locate_nts_fields(packet.extensions, packet.offsets)
-        if fields.authenticator_offset is None or fields.authenticator_body is None:
+        fields = locate_nts_fields(data)
+        if fields.authenticator_offset is None or fields.authenticator_end is None:
             raise AssertionError("request has no authenticator")
         if fields.authenticator_offset != packet.offsets[-1]:
             raise AssertionError("the authenticator is not the last field")
         plaintext = open_authenticator(
-            self.c2s, data, fields.authenticator_offset, fields.authenticator_body
+            self.c2s, data, fields.authenticator_offset, fields.authenticator_end
         )
         if fields.unique_id is None or fields.cookie is None:
             raise AssertionError("request lacks a unique id or a cookie")

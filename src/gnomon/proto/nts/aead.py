@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
@@ -23,6 +24,9 @@ C2S = 0
 S2C = 1
 
 
+MIN_NONCE_LEN = 16  # N_REQ of RFC 8915 section 5.6, capped at the algorithm's maximum
+
+
 @dataclass(frozen=True, slots=True)
 class AeadAlgorithm:
     id: int
@@ -30,15 +34,22 @@ class AeadAlgorithm:
     key_length: int
     nonce_length: int  # the nonce this implementation sends
     max_nonce_length: int  # the longest nonce the algorithm takes (N_MAX)
+    min_nonce_length: int  # the shortest it takes
+    # N_REQ (RFC 8915 5.6): the room an authenticator gives its nonce, padding included,
+    # at least: 16 bytes, or N_MAX if that is less.
+    required_nonce_space: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required_nonce_space", min(MIN_NONCE_LEN, self.max_nonce_length))
 
 
 ALGORITHMS: dict[int, AeadAlgorithm] = {
     a.id: a
     for a in (
-        AeadAlgorithm(AES_SIV_CMAC_256, "AEAD_AES_SIV_CMAC_256", 32, 16, 1 << 16),
-        AeadAlgorithm(AES_SIV_CMAC_384, "AEAD_AES_SIV_CMAC_384", 48, 16, 1 << 16),
-        AeadAlgorithm(AES_SIV_CMAC_512, "AEAD_AES_SIV_CMAC_512", 64, 16, 1 << 16),
-        AeadAlgorithm(AES_128_GCM_SIV, "AEAD_AES_128_GCM_SIV", 16, 12, 12),
+        AeadAlgorithm(AES_SIV_CMAC_256, "AEAD_AES_SIV_CMAC_256", 32, 16, 1 << 16, 1),
+        AeadAlgorithm(AES_SIV_CMAC_384, "AEAD_AES_SIV_CMAC_384", 48, 16, 1 << 16, 1),
+        AeadAlgorithm(AES_SIV_CMAC_512, "AEAD_AES_SIV_CMAC_512", 64, 16, 1 << 16, 1),
+        AeadAlgorithm(AES_128_GCM_SIV, "AEAD_AES_128_GCM_SIV", 16, 12, 12, 12),
     )
 }
 TAG_LENGTH = 16  # both families append or prepend a 16-byte tag
@@ -63,44 +74,64 @@ class Aead:
     ``Aead`` for as long as its key lives.
     """
 
-    __slots__ = ("algorithm", "decrypt", "encrypt")
+    __slots__ = ("algorithm", "decrypt", "encrypt", "nonce_limits", "open")
 
     encrypt: Callable[[bytes, bytes, bytes], bytes]
-    decrypt: Callable[[bytes, bytes, bytes], bytes]
+    decrypt: Callable[[bytes, bytes, bytes], bytes]  # raises AuthenticationError
+    # decrypt(nonce, ciphertext, associated) raising cryptography's InvalidTag, for a nonce
+    # whose length is within (shortest, longest, N_REQ) = ``nonce_limits``: the per-packet
+    # path, with no wrapper where the library's signature is already this one.
+    open: Callable[[bytes, bytes, bytes], bytes]
+    nonce_limits: tuple[int, int, int]
 
     def __init__(self, aead_id: int, key: bytes) -> None:
         self.algorithm = algorithm(aead_id)
+        self.nonce_limits = (
+            self.algorithm.min_nonce_length,
+            self.algorithm.max_nonce_length,
+            self.algorithm.required_nonce_space,
+        )
         if len(key) != self.algorithm.key_length:
             expected = self.algorithm.key_length
             raise ValueError(f"{self.algorithm.name} takes a {expected}-byte key, not {len(key)}")
         if aead_id == AES_128_GCM_SIV:
             gcm = AESGCMSIV(key)
 
-            def encrypt(nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
-                return gcm.encrypt(nonce, plaintext, associated)
-
-            def decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+            def gcm_decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
                 if len(nonce) != 12:  # the only nonce length AES-GCM-SIV takes
                     raise AuthenticationError(f"AES-GCM-SIV nonce of {len(nonce)} bytes")
                 try:
                     return gcm.decrypt(nonce, ciphertext, associated)
                 except InvalidTag:
                     raise AuthenticationError("authenticator does not verify") from None
+
+            self.encrypt = gcm.encrypt  # the same signature: no wrapper per packet
+            self.decrypt = gcm_decrypt
+            self.open = gcm.decrypt
         else:
             siv = AESSIV(key)
 
             # RFC 5297 / RFC 8915 5.6: the nonce is the last associated-data component.
-            def encrypt(nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
-                return siv.encrypt(plaintext, [associated, nonce])
+            # (The library's methods are bound as defaults: no lookups per packet.)
+            def siv_encrypt(
+                nonce: bytes, plaintext: bytes, associated: bytes, _encrypt: Any = siv.encrypt
+            ) -> bytes:
+                return _encrypt(plaintext, [associated, nonce])  # type: ignore[no-any-return]
 
-            def decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
+            def siv_open(
+                nonce: bytes, ciphertext: bytes, associated: bytes, _decrypt: Any = siv.decrypt
+            ) -> bytes:
+                return _decrypt(ciphertext, [associated, nonce])  # type: ignore[no-any-return]
+
+            def siv_decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
                 try:
                     return siv.decrypt(ciphertext, [associated, nonce])
                 except InvalidTag:
                     raise AuthenticationError("authenticator does not verify") from None
 
-        self.encrypt = encrypt
-        self.decrypt = decrypt
+            self.encrypt = siv_encrypt
+            self.decrypt = siv_decrypt
+            self.open = siv_open
 
 
 Exporter = Callable[[bytes, int, bytes], bytes]

@@ -42,10 +42,10 @@ from .ke import (
     parse_response,
 )
 from .ntp import (
+    MAX_PACKET_LEN,
     MODE_CLIENT,
     MODE_SERVER,
     NtpHeader,
-    NtpPacket,
     encode_extension_field,
     ntp_to_unix_ns,
     short_to_seconds,
@@ -205,21 +205,22 @@ class Association:
         or NtpFormatError for a forged or broken answer, KissOfDeathError for
         an authenticated kiss-o'-death.
         """
-        packet = NtpPacket.decode(data)
-        header = packet.header
+        if len(data) > MAX_PACKET_LEN:
+            raise NtpFormatError(f"NTP packet of {len(data)} bytes is too long")
+        header = NtpHeader.decode(data)
+        fields = locate_nts_fields(data)
         if header.mode != MODE_SERVER:
             raise ResponseMismatchError(f"packet of mode {header.mode}, not a server response")
         if header.origin_ts != pending.transmit_ts:
             raise ResponseMismatchError("origin timestamp does not match the request")
-        fields = locate_nts_fields(packet.extensions, packet.offsets)
         if fields.unique_id != pending.unique_id:
             raise ResponseMismatchError("unique identifier does not match the request")
-        if fields.authenticator_offset is None or fields.authenticator_body is None:
+        if fields.authenticator_offset is None or fields.authenticator_end is None:
             if header.kiss_code == NTS_NAK:
                 raise NtsNakError("server sent an NTS NAK: it could not use the cookie")
             raise AuthenticationError("response carries no NTS authenticator")
         plaintext = open_authenticator(
-            self._s2c, data, fields.authenticator_offset, fields.authenticator_body
+            self._s2c, data, fields.authenticator_offset, fields.authenticator_end
         )
         new_cookies = [
             ef.body for ef in parse_encrypted_fields(plaintext) if ef.type == EF_NTS_COOKIE

@@ -174,6 +174,9 @@ class CookieCodec:
         self.current_id = current.id
         self._current = master = self._masters[_KEY_ID.pack(current.id)]
         self._decrypts = {prefix: m.decrypts for prefix, m in self._masters.items()}
+        self._prf_copy = master.nonce_prf.copy  # sealing's per-packet lookups, done once
+        self._encrypts = master.encrypts
+        self._prefix = master.prefix
         # NTS Cookie field head and key id, by plaintext length
         self._field_heads = {
             2 + 2 * a.key_length: _FIELD_HEAD.pack(EF_NTS_COOKIE, 4 + cookie_length(a.id))
@@ -222,15 +225,15 @@ class CookieCodec:
         input, as above.
         """
         master = self._current
-        prf = master.nonce_prf.copy()
+        prf = self._prf_copy()
         prf.update(unique + plain)
         stream = prf.digest()
         end = nonce_len + NONCE_LEN * count
         if end > _PRF_LEN:
             return self._seal(plain, unique, count, nonce_len, stream)
         field_head = self._field_heads[len(plain)]  # the common case, inline
-        encrypts = master.encrypts
-        prefix = master.prefix
+        encrypts = self._encrypts
+        prefix = self._prefix
         if count == 1:
             nonce = stream[nonce_len:end]
             encrypt = encrypts[nonce[0] & 0x3F] or master.encrypt(nonce[0] & _KEY_BITS)
@@ -300,10 +303,14 @@ class CookieCodec:
     def open(self, cookie: bytes) -> tuple[int, bytes, bytes] | None:
         """(aead id, C2S, S2C), or None for a cookie this server cannot use."""
         plain = self.open_raw(cookie)
-        if plain is None:
-            return None
-        algorithm = ALGORITHMS.get(_AEAD_ID.unpack_from(plain)[0])
-        if algorithm is None or len(plain) != 2 + 2 * algorithm.key_length:
-            return None
-        split = 2 + algorithm.key_length
-        return algorithm.id, plain[2:split], plain[split:]
+        return None if plain is None else split_plaintext(plain)
+
+
+def split_plaintext(plain: bytes) -> tuple[int, bytes, bytes] | None:
+    """(aead id, C2S, S2C) of a cookie's plaintext from :meth:`CookieCodec.open_raw`,
+    or None if it names no AEAD this server supports or has the wrong length."""
+    algorithm = ALGORITHMS.get(_AEAD_ID.unpack_from(plain)[0]) if len(plain) >= 2 else None
+    if algorithm is None or len(plain) != 2 + 2 * algorithm.key_length:
+        return None
+    split = 2 + algorithm.key_length
+    return algorithm.id, plain[2:split], plain[split:]

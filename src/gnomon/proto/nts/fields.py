@@ -5,22 +5,44 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ...errors import AuthenticationError, NtpFormatError
-from ..wire import Reader, pad4
-from .aead import TAG_LENGTH, Aead
-from .ntp import EF_HEADER, ExtensionField, parse_extension_fields
+from cryptography.exceptions import InvalidTag
 
-EF_UNIQUE_IDENTIFIER = 0x0104
-EF_NTS_COOKIE = 0x0204
-EF_NTS_COOKIE_PLACEHOLDER = 0x0304
-EF_NTS_AUTHENTICATOR = 0x0404
+from ...errors import AuthenticationError, NtpFormatError
+from ..wire import pad4
+from .aead import MIN_NONCE_LEN, TAG_LENGTH, Aead
+from .ntp import HEADER_LEN, ExtensionField, parse_extension_fields
+from .scan import (
+    EF_HEADER,
+    EF_NTS_AUTHENTICATOR,
+    EF_NTS_COOKIE,
+    EF_NTS_COOKIE_PLACEHOLDER,
+    EF_UNIQUE_IDENTIFIER,
+    PROBLEMS,
+    scan_fields,
+)
+
+__all__ = [
+    "EF_NTS_AUTHENTICATOR",
+    "EF_NTS_COOKIE",
+    "EF_NTS_COOKIE_PLACEHOLDER",
+    "EF_UNIQUE_IDENTIFIER",
+    "MAX_UNIQUE_ID_LEN",
+    "MIN_NONCE_LEN",
+    "MIN_UNIQUE_ID_LEN",
+    "UNIQUE_ID_LEN",
+    "NtsFields",
+    "encode_authenticator",
+    "locate_nts_fields",
+    "open_authenticator",
+    "parse_encrypted_fields",
+]
 
 MIN_UNIQUE_ID_LEN = 32
 UNIQUE_ID_LEN = 32
 MAX_UNIQUE_ID_LEN = 1024  # nothing legitimate sends more; bounds what a reply echoes
-MIN_NONCE_LEN = 16  # N_REQ of RFC 8915 section 5.6, capped at the algorithm's maximum
 
 _AUTH_HEADER = struct.Struct("!HH")
+_unpack_auth_header = _AUTH_HEADER.unpack_from
 
 
 def encode_authenticator(
@@ -32,7 +54,7 @@ def encode_authenticator(
     extension fields to encrypt.
     """
     ciphertext = aead.encrypt(nonce, plaintext, associated)
-    required = min(MIN_NONCE_LEN, aead.algorithm.max_nonce_length)
+    required = aead.algorithm.required_nonce_space
     padded_nonce = pad4(len(nonce))
     additional = max(0, required - padded_nonce)
     body = b"".join(
@@ -47,25 +69,48 @@ def encode_authenticator(
     return EF_HEADER.pack(EF_NTS_AUTHENTICATOR, 4 + len(body)) + body
 
 
-def open_authenticator(aead: Aead, packet: bytes, ef_offset: int, body: bytes) -> bytes:
-    """Verify an authenticator field found at ``ef_offset`` and return the plaintext.
+def open_authenticator(aead: Aead, packet: bytes, auth_at: int, auth_end: int) -> bytes:
+    """Verify the authenticator field at ``packet[auth_at:auth_end]`` (as located by
+    :func:`.scan.scan_fields`) and return its plaintext (RFC 8915 5.6).
 
-    Raises AuthenticationError when the field is malformed or does not verify.
+    The field holds nonce and ciphertext lengths, then each padded to four bytes,
+    a nonce shorter than N_REQ followed by padding making up the difference, all
+    within the field. Raises AuthenticationError when it is malformed or does not
+    verify.
     """
-    reader = Reader(body, error=AuthenticationError)
-    nonce_len, ciphertext_len = _AUTH_HEADER.unpack(reader.take(4, "authenticator header"))
+    nonce_len, ciphertext_len = _unpack_auth_header(packet, auth_at + 4)
+    shortest, longest, required = aead.nonce_limits
+    nonce_at = auth_at + 8
+    padded_nonce = (nonce_len + 3) & ~3
+    if (
+        not shortest <= nonce_len <= longest
+        or ciphertext_len < TAG_LENGTH
+        or nonce_at
+        + (padded_nonce if padded_nonce > required else required)
+        + ((ciphertext_len + 3) & ~3)
+        > auth_end
+    ):
+        raise AuthenticationError(_authenticator_problem(aead, nonce_len, ciphertext_len))
+    ciphertext_at = nonce_at + padded_nonce
+    try:
+        return aead.open(
+            packet[nonce_at : nonce_at + nonce_len],
+            packet[ciphertext_at : ciphertext_at + ciphertext_len],
+            packet[:auth_at],
+        )
+    except InvalidTag:
+        raise AuthenticationError("authenticator does not verify") from None
+
+
+def _authenticator_problem(aead: Aead, nonce_len: int, ciphertext_len: int) -> str:
     algorithm = aead.algorithm
-    if not 1 <= nonce_len <= algorithm.max_nonce_length:
-        raise AuthenticationError(f"authenticator nonce of {nonce_len} bytes")
+    if not algorithm.min_nonce_length <= nonce_len <= algorithm.max_nonce_length:
+        return f"authenticator nonce of {nonce_len} bytes for {algorithm.name}"
     if ciphertext_len < TAG_LENGTH:
-        raise AuthenticationError(f"authenticator ciphertext of {ciphertext_len} bytes")
-    nonce = reader.take(pad4(nonce_len), "authenticator nonce")[:nonce_len]
-    ciphertext = reader.take(pad4(ciphertext_len), "authenticator ciphertext")[:ciphertext_len]
-    # RFC 8915 5.6: a nonce shorter than N_REQ is followed by padding making up the difference.
-    required = min(MIN_NONCE_LEN, algorithm.max_nonce_length)
-    if 4 + max(pad4(nonce_len), required) + pad4(ciphertext_len) > len(body):
-        raise AuthenticationError("authenticator lacks the padding of a short nonce")
-    return aead.decrypt(nonce, ciphertext, packet[:ef_offset])
+        return f"authenticator ciphertext of {ciphertext_len} bytes"
+    if pad4(nonce_len) < algorithm.required_nonce_space:
+        return "authenticator lacks the padding of a short nonce"
+    return "truncated authenticator"
 
 
 def parse_encrypted_fields(plaintext: bytes) -> tuple[ExtensionField, ...]:
@@ -82,31 +127,23 @@ class NtsFields:
 
     unique_id: bytes | None
     cookie: bytes | None
-    placeholder_lengths: tuple[int, ...]
+    placeholder_lengths: tuple[int, ...]  # of their bodies
     authenticator_offset: int | None
-    authenticator_body: bytes | None
+    authenticator_end: int | None
 
 
-def locate_nts_fields(fields: tuple[ExtensionField, ...], offsets: tuple[int, ...]) -> NtsFields:
-    """Find the NTS fields, keeping only what the authenticator covers.
-
-    Fields after the authenticator are not authenticated and are ignored
-    (RFC 8915 section 5.6). Duplicated unique ids or cookies are malformed.
-    """
-    unique_id: bytes | None = None
-    cookie: bytes | None = None
-    placeholders: list[int] = []
-    for ef, offset in zip(fields, offsets, strict=True):
-        if ef.type == EF_NTS_AUTHENTICATOR:
-            return NtsFields(unique_id, cookie, tuple(placeholders), offset, ef.body)
-        if ef.type == EF_UNIQUE_IDENTIFIER:
-            if unique_id is not None:
-                raise NtpFormatError("two Unique Identifier fields")
-            unique_id = ef.body
-        elif ef.type == EF_NTS_COOKIE:
-            if cookie is not None:
-                raise NtpFormatError("two NTS Cookie fields")
-            cookie = ef.body
-        elif ef.type == EF_NTS_COOKIE_PLACEHOLDER:
-            placeholders.append(len(ef.body))
-    return NtsFields(unique_id, cookie, tuple(placeholders), None, None)
+def locate_nts_fields(packet: bytes) -> NtsFields:
+    """The NTS fields of a whole packet, keeping only what the authenticator covers
+    (the rules are :func:`.scan.scan_fields`'s). NtpFormatError if it is malformed."""
+    problem, end, uid_at, uid_end, cookie_at, cookie_end, auth_at, auth_end, placeholders = (
+        scan_fields(packet, HEADER_LEN)
+    )
+    if problem:
+        raise NtpFormatError(PROBLEMS[problem].format(end))
+    return NtsFields(
+        packet[uid_at + 4 : uid_end] if uid_at >= 0 else None,
+        packet[cookie_at + 4 : cookie_end] if cookie_at >= 0 else None,
+        tuple(n - 4 for n in placeholders or ()),
+        auth_at if auth_at >= 0 else None,
+        auth_end if auth_at >= 0 else None,
+    )

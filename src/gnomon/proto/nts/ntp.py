@@ -12,12 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ...errors import NtpFormatError
-from ..wire import Reader
+from .scan import EF_HEADER, MIN_EF_LEN, PROBLEMS, scan_fields
 
 HEADER = struct.Struct("!BBbbII4sQQQQ")
 HEADER_LEN = HEADER.size  # 48
-EF_HEADER = struct.Struct("!HH")
-MIN_EF_LEN = 16  # RFC 7822 section 3: an NTPv4 extension field is at least 16 bytes
 MAX_PACKET_LEN = 2048  # nothing legitimate comes near this
 
 NTP_UNIX_OFFSET = 2_208_988_800  # seconds from 1900-01-01 to 1970-01-01
@@ -189,25 +187,15 @@ def build_packet(
 def parse_extension_fields(
     data: bytes, start: int
 ) -> tuple[tuple[ExtensionField, ...], tuple[int, ...], bytes | None]:
-    """Extension fields from ``start`` to the end, and a trailing legacy MAC.
-
-    A 20- or 24-byte tail that does not parse as an extension field is a MAC
-    (RFC 7822 section 7.5); anything else malformed raises NtpFormatError.
-    """
-    fields: list[ExtensionField] = []
+    """Extension fields from ``start`` to the end, their offsets, and a trailing legacy
+    MAC (the framing rules are :func:`.scan.scan_fields`'s); NtpFormatError if malformed."""
     offsets: list[int] = []
-    reader = Reader(data, start, error=NtpFormatError)
-    while not reader.at_end():
-        remaining = reader.remaining()
-        position = reader.position
-        if remaining >= 4:
-            ef_type, length = EF_HEADER.unpack_from(data, position)
-            if MIN_EF_LEN <= length <= remaining and length % 4 == 0:
-                reader.take(4)
-                fields.append(ExtensionField(ef_type, reader.take(length - 4)))
-                offsets.append(position)
-                continue
-        if remaining in (20, 24):
-            return tuple(fields), tuple(offsets), reader.rest()
-        raise NtpFormatError(f"malformed extension field at byte {position}")
-    return tuple(fields), tuple(offsets), None
+    problem, end, *_ = scan_fields(data, start, offsets)
+    if problem:
+        raise NtpFormatError(PROBLEMS[problem].format(end))
+    ends = [*offsets[1:], end] if offsets else []
+    fields = tuple(
+        ExtensionField(data[at] << 8 | data[at + 1], data[at + 4 : next_at])
+        for at, next_at in zip(offsets, ends, strict=True)
+    )
+    return fields, tuple(offsets), data[end:] if end < len(data) else None

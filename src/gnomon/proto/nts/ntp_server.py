@@ -12,19 +12,14 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
-
-from ...errors import NtpFormatError
-from .aead import AES_128_GCM_SIV, ALGORITHMS
-from .cookie import RANDOM_LEN, CookieCodec
+from ...errors import AuthenticationError, NtpFormatError
+from .aead import TAG_LENGTH, Aead
+from .cookie import RANDOM_LEN, CookieCodec, split_plaintext
 from .fields import (
     EF_NTS_AUTHENTICATOR,
-    EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
-    EF_UNIQUE_IDENTIFIER,
-    MIN_NONCE_LEN,
     MIN_UNIQUE_ID_LEN,
+    open_authenticator,
     parse_encrypted_fields,
 )
 from .ke import (
@@ -37,6 +32,7 @@ from .ntp import (
     MODE_CLIENT,
     MODE_SERVER,
 )
+from .scan import scan_fields
 
 NTSN = b"NTSN"
 
@@ -69,21 +65,18 @@ class NtpCounters:
         return dict(vars(self))
 
 
-_EF_HEAD = struct.Struct("!HH")
 _AUTH_HEAD = struct.Struct("!HHHH")  # field type, field length, nonce length, ciphertext length
 # leap/version/mode, stratum, poll, precision..reference timestamp (packed once), origin,
 # receive and transmit timestamps
 _REPLY_HEAD = struct.Struct("!BBB21s8sQQ")
 _pack_reply_head = _REPLY_HEAD.pack
 _pack_auth_head = _AUTH_HEAD.pack
-_unpack_ef_head = _EF_HEAD.unpack_from
 _NS = 1_000_000_000
 _NTP_EPOCH = 2_208_988_800 << 32  # 1900 to 1970, in NTP's 32.32 fixed point
 _MASK64 = (1 << 64) - 1
 _EVEN64 = _MASK64 - 1  # a transmit timestamp's lowest bit is 0, a receive timestamp's 1
 _MAX_TX_UPDATE = 1 << 32  # a kernel transmit timestamp within 1 s of the daemon's
 INTERLEAVED_TABLE = 16384  # replies whose transmit timestamps are kept (interleaved mode)
-_TAG_LEN = 16
 _SESSION_LIMIT = 8192
 
 
@@ -93,11 +86,10 @@ def _ntp_time(unix_ns: int) -> int:
     return ((unix_ns << 32) // _NS + _NTP_EPOCH) & _MASK64
 
 
-# What the responder keeps per cookie plaintext (AEAD id, C2S, S2C): whether the AEAD is
-# AES-GCM-SIV (else AES-SIV), the C2S key's decrypt and the S2C key's encrypt (bound
-# methods of cryptography's objects), the reply nonce length, the shortest and longest
-# request nonce the AEAD takes, and N_REQ (RFC 8915 5.6) capped at that maximum.
-_Session = tuple[bool, Callable[..., bytes], Callable[..., bytes], int, int, int, int]
+# What the responder keeps per cookie plaintext (AEAD id, C2S, S2C): the C2S key's Aead
+# (requests are checked with it), the S2C key's encrypt, the reply nonce's length and the
+# length of the smallest reply (header, authenticator with its nonce and tag; no uid).
+_Session = tuple[Aead, Callable[[bytes, bytes, bytes], bytes], int, int]
 
 
 def _new_session(plain: bytes) -> _Session | None:
@@ -106,16 +98,13 @@ def _new_session(plain: bytes) -> _Session | None:
     Building a cipher costs more than using it (AESSIV: ~2.4 µs) and a client
     sends many requests under the same keys, so sessions are cached.
     """
-    algorithm = ALGORITHMS.get(plain[0] << 8 | plain[1])
-    if algorithm is None or len(plain) != 2 + 2 * algorithm.key_length:
+    keys = split_plaintext(plain)
+    if keys is None:
         return None
-    split = 2 + algorithm.key_length
-    c2s, s2c = plain[2:split], plain[split:]
-    required = min(MIN_NONCE_LEN, algorithm.max_nonce_length)
-    if algorithm.id == AES_128_GCM_SIV:  # takes 12-byte nonces only
-        return True, AESGCMSIV(c2s).decrypt, AESGCMSIV(s2c).encrypt, 12, 12, 12, required
-    siv_c2s, siv_s2c = AESSIV(c2s), AESSIV(s2c)
-    return False, siv_c2s.decrypt, siv_s2c.encrypt, 16, 1, algorithm.max_nonce_length, required
+    aead_id, c2s, s2c = keys
+    s2c_aead = Aead(aead_id, s2c)
+    nonce_len = s2c_aead.algorithm.nonce_length
+    return Aead(aead_id, c2s), s2c_aead.encrypt, nonce_len, HEADER_LEN + 8 + nonce_len + TAG_LENGTH
 
 
 class NtpResponder:
@@ -128,13 +117,15 @@ class NtpResponder:
     A reply is never longer than its request (no amplification).
 
     This is the per-packet path, written for CPU per reply (bench/README.md,
-    "Profile"): extension fields are scanned in place by offset, nothing is
-    built but the reply, the AEAD objects are kept per cookie plaintext and
-    called directly (bound methods of ``cryptography``'s objects), the reply's
-    length (and so how many cookies fit: no amplification) is computed before
-    anything is sealed, and one BLAKE2b call in the cookie codec gives the
-    reply's nonce with the new cookies' nonces, so answering makes no system
-    call (the UDP loop sends replies in batches).
+    "Profile"). The rules come from where the client takes them too: the
+    fields are located in place by :func:`.scan.scan_fields` (offsets, no
+    objects), the authenticator is opened by :func:`.fields.open_authenticator`
+    through the session's :class:`.aead.Aead` (kept per cookie plaintext), the
+    cookie's plaintext is checked by :func:`.cookie.split_plaintext`. Nothing
+    is built but the reply, its length (and so how many cookies fit: no
+    amplification) is computed before anything is sealed, and one BLAKE2b call
+    in the cookie codec gives the reply's nonce with the new cookies' nonces,
+    so answering makes no system call (the UDP loop sends replies in batches).
 
     ``seed`` (:data:`~.cookie.RANDOM_LEN` random bytes, from the adapter) starts
     the 128-bit counter that gives each reply the never-repeated input of its
@@ -261,48 +252,13 @@ class NtpResponder:
                 return None
             self.counters.plain += 1
             return self._plain_reply(data, receive_ns, clock)
-        # Scan extension fields up to the authenticator (RFC 7822 framing).
-        uid_at = uid_end = cookie_at = cookie_end = auth_at = auth_end = -1
-        placeholders = None  # field lengths
-        position = HEADER_LEN
-        unpack = _unpack_ef_head
-        while position + 4 <= length:
-            ef_type, end = unpack(data, position)
-            if end < 16 or end & 3:
-                break
-            end += position
-            if end > length:
-                break
-            if ef_type == EF_UNIQUE_IDENTIFIER:
-                if uid_at >= 0:
-                    self.counters.malformed += 1
-                    return None
-                uid_at = position
-                uid_end = end
-            elif ef_type == EF_NTS_COOKIE:
-                if cookie_at >= 0:
-                    self.counters.malformed += 1
-                    return None
-                cookie_at = position + 4
-                cookie_end = end
-            elif ef_type == EF_NTS_AUTHENTICATOR:
-                auth_at = position
-                auth_end = end
-                break
-            elif ef_type == EF_NTS_COOKIE_PLACEHOLDER:
-                if placeholders is None:
-                    placeholders = [end - position]
-                else:
-                    placeholders.append(end - position)
-            position = end
-        else:
-            if position != length:
-                self.counters.malformed += 1
-                return None
+        problem, _, uid_at, uid_end, cookie_at, cookie_end, auth_at, auth_end, placeholders = (
+            scan_fields(data, HEADER_LEN)
+        )
+        if problem:
+            self.counters.malformed += 1
+            return None
         if auth_at < 0:
-            if position != length and length - position not in (20, 24):
-                self.counters.malformed += 1  # broken framing, and not a legacy MAC
-                return None
             if cookie_at >= 0 or uid_at >= 0 or self.require_nts:
                 self.counters.dropped += 1
                 return None
@@ -314,7 +270,7 @@ class NtpResponder:
 
         # NTS (RFC 8915 5.7). The cookie: an unknown key id costs no crypto.
         codec = self.codec
-        plain = codec.open_raw(data[cookie_at:cookie_end])
+        plain = codec.open_raw(data[cookie_at + 4 : cookie_end])
         if plain is None:
             return self._nak(data, uid_at, uid_end, receive_ns, clock())
         session = self._sessions.get(plain)
@@ -325,40 +281,15 @@ class NtpResponder:
             if len(self._sessions) >= _SESSION_LIMIT:
                 self._sessions.clear()
             self._sessions[plain] = session
-        gcm, decrypt, encrypt, reply_nonce_len, min_nonce_len, max_nonce_len, required = session
-        # The authenticator (RFC 8915 5.6): nonce and ciphertext lengths, each padded to
-        # four bytes, the nonce's padding at least N_REQ, all within the field.
-        nonce_len, ciphertext_len = unpack(data, auth_at + 4)
-        nonce_at = auth_at + 8
-        padded_nonce = (nonce_len + 3) & ~3
-        if (
-            not min_nonce_len <= nonce_len <= max_nonce_len
-            or ciphertext_len < _TAG_LEN
-            or nonce_at
-            + (padded_nonce if padded_nonce > required else required)
-            + ((ciphertext_len + 3) & ~3)
-            > auth_end
-        ):
-            return self._nak(data, uid_at, uid_end, receive_ns, clock())
-        ciphertext_at = nonce_at + padded_nonce
+        c2s, encrypt, reply_nonce_len, smallest_reply = session
         try:
-            if gcm:
-                plaintext = decrypt(
-                    data[nonce_at : nonce_at + nonce_len],
-                    data[ciphertext_at : ciphertext_at + ciphertext_len],
-                    data[:auth_at],
-                )
-            else:  # RFC 5297 / RFC 8915 5.6: the nonce is the last associated-data component
-                plaintext = decrypt(
-                    data[ciphertext_at : ciphertext_at + ciphertext_len],
-                    [data[:auth_at], data[nonce_at : nonce_at + nonce_len]],
-                )
-        except InvalidTag:
+            plaintext = open_authenticator(c2s, data, auth_at, auth_end)
+        except AuthenticationError:
             return self._nak(data, uid_at, uid_end, receive_ns, clock())
         # One cookie, plus one per placeholder no shorter than the cookie; we also insist
         # on equal length, and on what fits in the request's length (no amplification).
-        cookie_field_len = cookie_end - cookie_at + 4
-        room = length - (HEADER_LEN + 8 + _TAG_LEN + reply_nonce_len) - (uid_end - uid_at)
+        cookie_field_len = cookie_end - cookie_at
+        room = length - smallest_reply - (uid_end - uid_at)
         if placeholders is None and not plaintext:
             if room >= cookie_field_len:
                 count = 1
@@ -403,7 +334,7 @@ class NtpResponder:
             )
             + data[uid_at:uid_end]
         )
-        ciphertext = encrypt(nonce, fields, head) if gcm else encrypt(fields, [head, nonce])
+        ciphertext = encrypt(nonce, fields, head)
         ciphertext_len = len(ciphertext)  # a multiple of 4: cookie fields and the tag
         self.counters.nts += 1
         return b"".join(
