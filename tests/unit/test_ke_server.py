@@ -7,13 +7,7 @@ import os
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, derive_keys
-from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec
-from gnomon.proto.nts.ke import MAX_COOKIES, ErrorCode, Record, RecordType
-from gnomon.proto.nts.ke_server import KeResponder
-
-from .helpers import (
+from nts_messages import (
     aead_record,
     compliant_record,
     error_code,
@@ -25,6 +19,11 @@ from .helpers import (
     records_of,
     u16s,
 )
+
+from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, derive_keys
+from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec
+from gnomon.proto.nts.ke import MAX_COOKIES, ErrorCode, Record, RecordType
+from gnomon.proto.nts.ke_server import KeResponder
 
 END = raw_record(0x8000, b"")
 

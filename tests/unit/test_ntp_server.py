@@ -1,4 +1,4 @@
-"""NTP and NTS request handling (RFC 5905, RFC 8915 section 5), sans-I/O: NtpResponder."""
+"""NTP and NTS request handling (RFC 5905, RFC 8915 5), sans-I/O: NtpResponder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nts_messages import nts_request, open_reply, plain_request
 
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
+from gnomon.proto.nts.client import Association
 from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec, CookieKey, cookie_length
 from gnomon.proto.nts.fields import (
     EF_NTS_AUTHENTICATOR,
@@ -28,8 +30,6 @@ from gnomon.proto.nts.ntp import (
 from gnomon.proto.nts.ntp_server import NtpResponder, TimeSource
 from gnomon.proto.wire import pad4
 from gnomon.server.keys import KeyRing, MemoryKeyStore, RotationPolicy
-
-from .helpers import nts_request, open_reply, plain_request
 
 RECEIVE = 1_700_000_000_123_456_789
 TRANSMIT = RECEIVE + 50_000
@@ -408,9 +408,8 @@ T0 = 1_700_000_001.0  # 60-second periods: T0 is one second into its period
 
 def _exchange(codec_at_t0: CookieCodec, codec_now: CookieCodec) -> str:
     c2s, s2c, cookie = session(codec_at_t0)
-    reply = respond(
-        NtpResponder(codec_now, seed=bytes(16)), nts_request(AES_128_GCM_SIV, c2s, cookie)
-    )
+    request, _ = Association(AES_128_GCM_SIV, c2s, s2c, [cookie]).build_request()
+    reply = respond(NtpResponder(codec_now, seed=bytes(16)), request)
     assert reply is not None
     parsed = open_reply(reply, AES_128_GCM_SIV, s2c)
     if parsed.authenticated:
