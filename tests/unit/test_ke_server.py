@@ -129,6 +129,25 @@ def test_bad_request_gets_error_1(codec: CookieCodec, records: tuple[Record, ...
 def test_aead_chosen_by_server_preference(
     codec: CookieCodec, server: tuple[int, ...], offered: tuple[int, ...], expected: int
 ) -> None:
+    request = message(npn(0), aead_record(*offered), compliant_record())
+    records = respond(codec, request, aeads=server)
+    assert chosen_aead(records) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("server", "offered", "expected"),
+    [
+        ((30, 15), (30, 15), 15),  # chrony without record 1024 offers 15 beside 30
+        ((30, 15), (15, 30), 15),
+        ((30, 16, 15), (30, 15, 16), 16),  # the next by server preference
+        ((30, 15), (30,), 30),  # 30 alone: the RFC's exporter context
+        ((30, 15), (30, 17), 30),  # 17 is not one the server runs
+        ((15, 30), (30, 15), 15),
+    ],
+)
+def test_aead_30_without_record_1024_only_when_nothing_else_is_offered(
+    codec: CookieCodec, server: tuple[int, ...], offered: tuple[int, ...], expected: int
+) -> None:
     records = respond(codec, message(npn(0), aead_record(*offered)), aeads=server)
     assert chosen_aead(records) == [expected]
 
@@ -147,7 +166,8 @@ def test_aead_never_one_the_client_did_not_offer(server: list[int], offered: lis
     chosen = chosen_aead(records)
     common = [a for a in server if a in offered]
     if common:
-        assert chosen == [common[0]]
+        # without record 1024, AES-128-GCM-SIV only when nothing else is in common
+        assert chosen == [common[1] if common[0] == AES_128_GCM_SIV and common[1:] else common[0]]
         assert len(records_of(records, RecordType.NEW_COOKIE)) == MAX_COOKIES
     else:
         assert chosen == []
@@ -217,18 +237,21 @@ def test_record_1024_echoed_only_when_sent_and_30_chosen(
 
 
 @pytest.mark.parametrize("send_1024", [True, False])
-def test_gcm_siv_keys_use_compliant_context_only_with_1024(
+def test_gcm_siv_keys_use_the_compliant_context_with_or_without_1024(
     codec: CookieCodec, send_1024: bool
 ) -> None:
+    """RFC 8915 5.1 (issue 11): a client offering only AES-128-GCM-SIV without record 1024
+    gets keys from the context the RFC defines, not chrony's former one."""
     extra = (compliant_record(),) if send_1024 else ()
     records = respond(codec, message(npn(0), aead_record(AES_128_GCM_SIV), *extra))
+    assert chosen_aead(records) == [AES_128_GCM_SIV]
     cookie = records_of(records, RecordType.NEW_COOKIE)[0].body
     opened = codec.open(cookie)
     assert opened is not None
     compliant = derive_keys(fake_exporter, AES_128_GCM_SIV, compliant=True)
     legacy = derive_keys(fake_exporter, AES_128_GCM_SIV, compliant=False)
     assert compliant != legacy
-    assert opened[1:] == (compliant if send_1024 else legacy)
+    assert opened[1:] == compliant
 
 
 def test_siv_keys_use_compliant_context_even_without_1024(codec: CookieCodec) -> None:

@@ -44,8 +44,14 @@ class KeResponder:
     """Builds NTS-KE responses (RFC 8915 section 4).
 
     The AEAD is the first of ``aeads`` (server preference) that the client
-    offered; for AES-128-GCM-SIV the keys come from the compliant exporter
-    context when the client sent record 1024, else from chrony's original one.
+    offered, with one exception (RFC 8915 5.1 and chrony's history): a client
+    that offers AES-128-GCM-SIV without record 1024 may be an older chrony,
+    which derives that AEAD's keys from a non-standard exporter context, or a
+    client that follows the RFC; so when it also offers another AEAD the server
+    runs, that one is chosen (chrony offers AES-SIV-CMAC-256 beside it), and
+    when it offers AES-128-GCM-SIV alone, the keys come from the context RFC
+    8915 section 5.1 defines. Record 1024 is echoed when the client sent it and
+    AES-128-GCM-SIV is chosen.
 
     ``respond`` takes the time (Unix ns: ``codec_provider(unix_ns)`` gives the
     cookie keys in force then) and :data:`~.cookie.RANDOM_LEN` fresh random
@@ -83,17 +89,19 @@ class KeResponder:
         records: list[Record] = []
         protocol_ok = 0 in request.protocols
         records.append(Record(RecordType.NEXT_PROTOCOL, u16_list([0] if protocol_ok else []), True))
-        chosen = next((a for a in self.aeads if a in request.aeads), None)
+        common = [a for a in self.aeads if a in request.aeads]
+        chosen = common[0] if common else None
+        if chosen == AES_128_GCM_SIV and not request.compliant_gcm_siv and len(common) > 1:
+            chosen = common[1]  # no record 1024: which exporter context it uses is unknown
         if not protocol_ok or chosen is None:
             self.counters.no_common_aead += 1
             records.append(Record(RecordType.AEAD_ALGORITHM, b"", True))
             records.append(Record(RecordType.END_OF_MESSAGE, critical=True))
             return encode_records(records)
         records.append(Record(RecordType.AEAD_ALGORITHM, u16_list([chosen]), True))
-        compliant = chosen != AES_128_GCM_SIV or request.compliant_gcm_siv
         if chosen == AES_128_GCM_SIV and request.compliant_gcm_siv:
             records.append(Record(RecordType.COMPLIANT_AES_128_GCM_SIV_EXPORTER))
-        c2s, s2c = derive_keys(exporter, chosen, compliant=compliant)
+        c2s, s2c = derive_keys(exporter, chosen)  # RFC 8915 5.1's context, for every AEAD
         cookies = self.codec_provider(unix_ns).seal_many(chosen, c2s, s2c, MAX_COOKIES, randomness)
         cookie_head = _RECORD_HEAD.pack(RecordType.NEW_COOKIE, len(cookies[0]))  # all one size
         tail: list[Record] = []
