@@ -161,10 +161,11 @@ def _ntp_with_keys(ntp_port: int, aead: int, keys: tuple[bytes, bytes], cookie: 
     ("offered", "send_1024", "compliant"),
     [
         ((AES_128_GCM_SIV,), True, True),
-        ((AES_128_GCM_SIV,), False, False),
+        ((AES_128_GCM_SIV,), False, True),  # 30 alone without 1024: RFC 8915 5.1's context
         ((AES_SIV_CMAC_256,), False, True),
+        ((AES_128_GCM_SIV, AES_SIV_CMAC_256), False, True),  # chrony without 1024: gets 15
     ],
-    ids=["gcm-siv-with-1024", "gcm-siv-legacy", "siv-cmac"],
+    ids=["gcm-siv-with-1024", "gcm-siv-alone", "siv-cmac", "gcm-siv-and-siv-cmac"],
 )
 async def test_keys_follow_the_negotiated_exporter_context(
     pki: DemoPki, offered: tuple[int, ...], send_1024: bool, compliant: bool
