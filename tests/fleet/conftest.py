@@ -26,6 +26,7 @@ if str(_REPO) not in sys.path:  # `tests.peers` importable however pytest was st
     sys.path.insert(0, str(_REPO))
 
 from tests.peers.proc import (  # noqa: E402
+    START_TIMEOUT,
     PeerNotInstalled,
     PeerProcess,
     free_port,
@@ -34,7 +35,6 @@ from tests.peers.proc import (  # noqa: E402
 )
 
 REDIS_HINT = "run `make peers` (scripts/install-peers.sh) as root to install redis-server"
-START_TIMEOUT = 10.0
 LIFETIME = 300.0  # a forgotten redis-server ends by itself after this
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.proc import START_TIMEOUT
+
 
 class FleetHost:
     def __init__(self, name: str, config: Path, workdir: Path) -> None:
@@ -21,7 +23,7 @@ class FleetHost:
              "--ready-file", str(ready), "--log-level", "INFO"],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()

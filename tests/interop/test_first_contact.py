@@ -19,11 +19,10 @@ from typing import Any
 import pytest
 
 import gnomon
-from tests.peers.proc import PeerProcess, localhost_addresses, wait_until
+from tests.peers.proc import START_TIMEOUT, PeerProcess, localhost_addresses, wait_until
 
 pytestmark = pytest.mark.interop
 
-START_TIMEOUT = 60.0  # a loaded 2-core machine starts Python slowly; the wait ends early
 
 # Runs gnomon's CLI in this interpreter, then reports which heavy modules it imported.
 _PROBE = """

@@ -29,11 +29,11 @@ from gnomon.proto.roughtime.client import build_request, verify_response
 from gnomon.proto.roughtime.versions import DRAFT_12, VERSION_1
 from gnomon.server.roughtime_keys import public_key_of, write_long_term_key
 from tests.peers import PeerProcess, free_port, wait_until
+from tests.peers.proc import START_TIMEOUT
 from tests.peers.roughly import ROUGHLY, roughly_binary, roughly_query
 
 pytestmark = pytest.mark.interop
 
-START_TIMEOUT = 30.0
 LONG_TERM = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 PUBLIC = public_key_of(LONG_TERM)
 PUBLIC_B64 = base64.b64encode(PUBLIC).decode()

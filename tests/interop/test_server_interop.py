@@ -46,13 +46,18 @@ from tests.peers.ke_probe import (
     ke_exchange,
     record,
 )
-from tests.peers.proc import MAKE_PEERS_HINT, PEERS_DIR, tcp_listening, udp_bound
+from tests.peers.proc import (
+    MAKE_PEERS_HINT,
+    PEERS_DIR,
+    START_TIMEOUT,
+    tcp_listening,
+    udp_bound,
+)
 
 AES_SIV_CMAC_256 = 15
 AES_128_GCM_SIV = 30
 
 CHRONY_MODERN = PEERS_DIR / "chrony-modern"
-GNOMON_START_TIMEOUT = 20.0
 
 
 # --- gnomon's server as a subprocess ------------------------------------------------------
@@ -179,9 +184,9 @@ def start_gnomon(
         return None
 
     try:
-        info = wait_until(read_ready, GNOMON_START_TIMEOUT, interval=0.05, alive=proc.alive)
+        info = wait_until(read_ready, START_TIMEOUT, interval=0.05, alive=proc.alive)
         if info is None:
-            raise proc.fail(f"no ready file within {GNOMON_START_TIMEOUT:g} s")
+            raise proc.fail(f"no ready file within {START_TIMEOUT:g} s")
     except BaseException:
         proc.stop()
         raise

@@ -49,6 +49,7 @@ from .netns import NetNs
 from .proc import (
     DEFAULT_LIFETIME,
     PEERS_DIR,
+    START_TIMEOUT,
     PeerNotInstalled,
     PeerProcess,
     free_loopback_port,
@@ -75,7 +76,6 @@ _AUTHDATA_COLUMNS = (
     "Cook",
     "CLen",
 )
-START_TIMEOUT = 10.0
 
 
 def _binaries(chronyd_bin: str | None, chronyc_bin: str | None) -> tuple[str, str]:

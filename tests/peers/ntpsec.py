@@ -46,6 +46,7 @@ from .proc import (
     DEFAULT_LIFETIME,
     MAKE_PEERS_HINT,
     PEERS_DIR,
+    START_TIMEOUT,
     PeerNotInstalled,
     PeerProcess,
     require_executable,
@@ -59,7 +60,6 @@ NTPQ = NTPSEC_ROOT / "usr" / "bin" / "ntpq"
 NTPSEC_PYTHONPATH = NTPSEC_ROOT / "usr" / "lib" / "python3" / "dist-packages"
 NTP_PORT = 123
 KE_PORT = 4460
-START_TIMEOUT = 10.0
 
 
 def _require_ntpsec() -> tuple[str, str]:

@@ -28,6 +28,14 @@ PEERS_DIR = REPO_ROOT / ".peers"
 DEFAULT_LIFETIME = 1800.0
 """Seconds after which a forgotten peer is ended by its `timeout` wrapper."""
 
+START_TIMEOUT = 60.0
+"""Seconds a test waits for a process it started to be ready: a gnomon server, a peer, redis.
+
+A bound on waiting, never a timed assertion (the wait ends as soon as the process is
+ready); generous because a loaded 2-core machine takes 10 s and more to start a
+supervisor and its workers. Every start-up wait uses this one value.
+"""
+
 MAKE_PEERS_HINT = "run `make peers` (scripts/install-peers.sh) as root to install the interop peers"
 
 

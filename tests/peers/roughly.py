@@ -15,7 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .proc import PEERS_DIR, PeerProcess, free_port, require_executable, udp_bound, wait_until
+from .proc import (
+    PEERS_DIR,
+    START_TIMEOUT,
+    PeerProcess,
+    free_port,
+    require_executable,
+    udp_bound,
+    wait_until,
+)
 
 ROUGHLY = PEERS_DIR / "roughly" / "bin" / "roughly"
 HINT = "run `make peers` (or scripts/install-roughly.sh) to install roughly 0.3.0"
@@ -42,7 +50,7 @@ def roughly_server(
     radius: int = 3,
     grease: bool = False,
     port: int | None = None,
-    start_timeout: float = 30.0,
+    start_timeout: float = START_TIMEOUT,
 ) -> Iterator[RoughlyServer]:
     """``roughly server run`` on 127.0.0.1 with the given base64 seed; stopped at the end."""
     binary = roughly_binary()

@@ -26,6 +26,7 @@ from gnomon.proto.nts.ke import Record, RecordStream
 from gnomon.server.app import Server
 from gnomon.server.config import ServerConfig
 from gnomon.tls import ALPN_NTSKE, TlsEngine
+from tests.peers.proc import START_TIMEOUT
 from tests.unit.nts_messages import (  # noqa: F401 (re-exported for the server tests)
     NtsReply,
     aead_record,
@@ -45,7 +46,6 @@ from tests.unit.nts_messages import (  # noqa: F401 (re-exported for the server 
 
 LOOPBACK = "127.0.0.1"
 WAIT = 5.0  # the longest any single step may take
-START_WAIT = 30.0  # a supervisor and its workers starting on a loaded 2-core machine
 
 
 class ManualClock:
@@ -306,7 +306,7 @@ class ServerProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + START_WAIT
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.process.poll() is not None:
                 error = self.process.stderr.read().decode() if self.process.stderr else ""

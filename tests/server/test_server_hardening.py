@@ -27,7 +27,7 @@ from gnomon.server.secretfiles import read_fleet_secret
 from gnomon.server.status import fetch_metrics
 from gnomon.tls import TrustStore
 from tests.fleet.hosts import FleetHost
-from tests.peers.proc import free_port, wait_until
+from tests.peers.proc import START_TIMEOUT, free_port, wait_until
 
 from .helpers import ServerProcess
 
@@ -332,7 +332,7 @@ listen = "127.0.0.1:{metrics_port}"
             nts = values.get("gnomon_ntp_requests_total", {}).get("nts", 0)
             return ke_ok == 3 and nts == 6
 
-        assert wait_until(counted, 10, interval=0.25), fetch_metrics(url)
+        assert wait_until(counted, START_TIMEOUT, interval=0.25), fetch_metrics(url)
         values = fetch_metrics(url)
         assert values["gnomon_key_store_reachable"][""] == 1
         assert values["gnomon_cookie_key_id"][""] == int.from_bytes(
@@ -348,7 +348,7 @@ listen = "127.0.0.1:{metrics_port}"
             except GnomonError:
                 return False
 
-        assert wait_until(renewal_served, 10, interval=0.25)
+        assert wait_until(renewal_served, START_TIMEOUT, interval=0.25)
         with pytest.raises(GnomonError):
             _ke(first.ca_cert, ke_port)  # the old certificate is gone
         expiry = fetch_metrics(url)["gnomon_certificate_expiry_timestamp_seconds"][""]

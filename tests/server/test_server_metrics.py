@@ -13,12 +13,12 @@ import gnomon
 from gnomon.certs import DemoPki
 from gnomon.proto.nts.ntp import NtpHeader
 from gnomon.server.status import fetch_metrics, summarize
-from tests.peers.proc import free_port
+from tests.peers.proc import START_TIMEOUT, free_port
 
 from .helpers import ServerProcess
 
 
-def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(predicate, timeout: float = START_TIMEOUT) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

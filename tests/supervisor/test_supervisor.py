@@ -14,6 +14,7 @@ import pytest
 import gnomon
 from gnomon.certs import make_demo_pki
 from gnomon.proto.nts.ntp import NtpHeader
+from tests.peers.proc import START_TIMEOUT
 from tests.server.helpers import ServerProcess
 
 PLAIN_REQUEST_TRANSMIT = 0x1122334455667788
@@ -77,7 +78,7 @@ def test_killed_worker_is_replaced_and_port_keeps_answering(
         lost = 0
         asked = 0
         replaced = False
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_TIMEOUT  # a worker restarted
         while time.monotonic() < deadline:
             for client in clients:
                 asked += 1
