@@ -434,6 +434,7 @@ def run_probe(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> di
     from gnomon._os import SO_TIMESTAMPNS
     from gnomon._os import TIMESPEC as _TIMESPEC
     from gnomon._os import TIMESTAMP_ANCILLARY_SPACE as _ANCILLARY_SPACE
+    from gnomon.client.ntp import fresh_request
     from gnomon.errors import ResponseMismatchError
     from gnomon.proto.nts.client import Association
 
@@ -466,7 +467,7 @@ def run_probe(spec: dict[str, Any], t0: float, t1: float, hard_end: float) -> di
                 association = Association(
                     association.aead_id, association.c2s, association.s2c, initial
                 )
-            packet, pending = association.build_request()
+            packet, pending = fresh_request(association)
             with contextlib.suppress(BlockingIOError):
                 while True:  # a late reply to an earlier probe
                     sock.recv(4096)

@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from gnomon.client.ntp import fresh_request
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
 from gnomon.proto.nts.client import Association
 from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec, CookieKey
@@ -66,7 +67,7 @@ def requests(
             codec.seal(aead, c2s, s2c, os.urandom(RANDOM_LEN))
             for _ in range(MAX_COOKIES - placeholders)
         ]
-        out.append(association(aead, c2s, s2c, jar).build_request()[0])
+        out.append(fresh_request(association(aead, c2s, s2c, jar))[0])
     return out
 
 

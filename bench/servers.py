@@ -588,6 +588,7 @@ def plain_requests(count: int) -> RequestSet:
 def nts_requests(sessions: list[Any], placeholders: int, count: int) -> RequestSet:
     """``count`` requests spread over the sessions and their cookies, each asking for
     ``placeholders`` extra cookies (Association sends 8 - jar size placeholders)."""
+    from gnomon.client.ntp import fresh_request
     from gnomon.proto.nts.client import Association
     from gnomon.proto.nts.ke import MAX_COOKIES
 
@@ -599,7 +600,7 @@ def nts_requests(sessions: list[Any], placeholders: int, count: int) -> RequestS
         cookie = cookies[(i // len(sessions)) % len(cookies)]
         jar = [cookie] * (MAX_COOKIES - placeholders)
         association = Association(result.response.aead, result.c2s, result.s2c, jar)
-        packet, pending = association.build_request()
+        packet, pending = fresh_request(association)
         assert pending.placeholders == placeholders, pending
         requests.append(
             {

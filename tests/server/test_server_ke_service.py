@@ -14,6 +14,7 @@ from OpenSSL import SSL
 from OpenSSL._util import lib as openssl_lib
 
 from gnomon.certs import DemoPki
+from gnomon.client.ntp import fresh_request
 from gnomon.client.session import Session
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, derive_keys
 from gnomon.proto.nts.client import Association
@@ -145,7 +146,7 @@ async def test_tls_1_2_client_is_refused(pki: DemoPki) -> None:
 def _ntp_with_keys(ntp_port: int, aead: int, keys: tuple[bytes, bytes], cookie: bytes) -> str:
     """'ok' for an authenticated answer, 'nak' for an NTS NAK, 'none' for silence."""
     association = Association(aead, keys[0], keys[1], [cookie])
-    packet, _ = association.build_request()
+    packet, _ = fresh_request(association)
     reply = udp_ask(ntp_port, packet)
     if reply is None:
         return "none"

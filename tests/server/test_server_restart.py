@@ -10,6 +10,7 @@ import pytest
 
 from gnomon.certs import DemoPki
 from gnomon.client.ke import KeResult, ke_exchange
+from gnomon.client.ntp import fresh_request
 from gnomon.errors import NtsNakError
 from gnomon.proto.nts.client import Association
 from gnomon.tls import TrustStore
@@ -19,7 +20,7 @@ from .helpers import LOOPBACK, ServerProcess, toml_config, udp_ask
 
 def _ntp(association: Association, port: int) -> str:
     """'ok' (authenticated answer), 'nak', or 'none'."""
-    packet, pending = association.build_request()
+    packet, pending = fresh_request(association)
     reply = udp_ask(port, packet)
     if reply is None:
         return "none"

@@ -4,12 +4,13 @@ driven against the in-memory FakeServer."""
 from __future__ import annotations
 
 import calendar
+import os
 import struct
 
 import pytest
 from fakeserver import FakeServer
 
-from gnomon.client.ntp import Timing, UdpExchange
+from gnomon.client.ntp import Timing, UdpExchange, fresh_request
 from gnomon.errors import (
     AuthenticationError,
     KeProtocolError,
@@ -66,7 +67,7 @@ def exchange(
 ) -> tuple[bytes, PendingRequest, bytes]:
     """One request and the server's response to it (not yet processed)."""
     _t1, t2, t3, _ = t or times(0, 1_000_000, 1_000_000, 10_000)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     knobs.setdefault("receive_ts", unix_ns_to_ntp(t2))
     knobs.setdefault("transmit_ts", unix_ns_to_ntp(t3))
     response = server.respond(request, **knobs)  # type: ignore[arg-type]
@@ -102,7 +103,7 @@ def test_good_response_gives_exact_offset_and_delay(
 ) -> None:
     association, server = make_pair(aead_id)
     t1, t2, t3, t4 = times(offset, out, back, processing)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(
         request,
         receive_ts=unix_ns_to_ntp(t2),
@@ -136,7 +137,7 @@ def test_offset_across_the_2036_era_wrap() -> None:
     t2 = t1 + 3 * NS + 500_000_000  # ...the server's timestamps are in era 1
     t3 = t2 + 1_000
     t4 = t1 + 1_000_000_000
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(
         request, receive_ts=unix_ns_to_ntp(t2), transmit_ts=unix_ns_to_ntp(t3)
     )
@@ -166,7 +167,7 @@ def test_cookies_refilled_to_eight(aead_id: int, jar: int) -> None:
 @pytest.mark.parametrize("cookie_length", [16, 64, 100, 104, 168, 256])
 def test_placeholder_length_equals_the_cookie_used(cookie_length: int) -> None:
     association, server = make_pair(AES_128_GCM_SIV, cookies=3, cookie_length=cookie_length)
-    request, _pending = association.build_request()
+    request, _pending = fresh_request(association)
     parsed = server.parse_request(request)
     assert len(parsed.cookie) == cookie_length
     assert parsed.placeholder_lengths == (cookie_length,) * 5  # 8 - 3
@@ -183,7 +184,11 @@ def test_placeholder_length_equals_the_cookie_used(cookie_length: int) -> None:
 @pytest.mark.parametrize("aead_id", AEADS)
 def test_request_shape(aead_id: int) -> None:
     association, server = make_pair(aead_id, cookies=5)
-    request, pending = association.build_request(transmit_ts=0x1122334455667788)
+    request, pending = association.build_request(
+        unique_id=os.urandom(32),
+        nonce=os.urandom(ALGORITHMS[aead_id].nonce_length),
+        transmit_ts=0x1122334455667788,
+    )
     packet = NtpPacket.decode(request)
     assert packet.header.mode == MODE_CLIENT
     assert packet.header.version == 4
@@ -208,7 +213,7 @@ def test_unique_ids_are_fresh_and_32_bytes() -> None:
     seen_ids = set()
     seen_transmit = set()
     for _ in range(8):
-        request, pending = association.build_request()
+        request, pending = fresh_request(association)
         assert len(pending.unique_id) == 32
         assert server.parse_request(request).unique_id == pending.unique_id
         seen_ids.add(pending.unique_id)
@@ -216,7 +221,7 @@ def test_unique_ids_are_fresh_and_32_bytes() -> None:
     assert len(seen_ids) == 8
     assert len(seen_transmit) == 8  # the transmit timestamp is random too
     with pytest.raises(NoCookiesError):
-        association.build_request()
+        fresh_request(association)
 
 
 def test_cookies_are_used_first_in_first_out() -> None:
@@ -224,17 +229,17 @@ def test_cookies_are_used_first_in_first_out() -> None:
     original = association.cookies
     sent = []
     for _ in range(3):
-        request, pending = association.build_request()
+        request, pending = fresh_request(association)
         sent.append(server.parse_request(request).cookie)
     assert sent == list(original[:3])
     assert association.cookies == original[3:]
     # the new cookies queue behind the remaining old one
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     assert server.parse_request(request).cookie == original[3]
     response = server.respond(request)
     association.process_response(response, pending, sent_ns=T1, received_ns=T1 + 1)
     assert association.cookies == tuple(server.issued)
-    request, _ = association.build_request()
+    request, _ = fresh_request(association)
     assert server.parse_request(request).cookie == server.issued[0]
 
 
@@ -253,7 +258,7 @@ def test_wrong_unique_id(aead_id: int, unique_id: bytes | None) -> None:
 
 def test_unique_id_with_a_flipped_bit() -> None:
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     uid = bytes([pending.unique_id[0] ^ 1]) + pending.unique_id[1:]
     response = server.respond(request, unique_id=uid)
     with pytest.raises(ResponseMismatchError):
@@ -263,7 +268,7 @@ def test_unique_id_with_a_flipped_bit() -> None:
 @pytest.mark.parametrize("aead_id", AEADS)
 def test_wrong_origin(aead_id: int) -> None:
     association, server = make_pair(aead_id)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(request, origin_ts=pending.transmit_ts ^ 1)
     with pytest.raises(ResponseMismatchError):
         process(association, response, pending)
@@ -274,8 +279,8 @@ def test_wrong_origin(aead_id: int) -> None:
 
 def test_response_to_another_request_is_a_mismatch() -> None:
     association, server = make_pair(AES_SIV_CMAC_256)
-    first, pending_first = association.build_request()
-    _second, pending_second = association.build_request()
+    first, pending_first = fresh_request(association)
+    _second, pending_second = fresh_request(association)
     response_to_first = server.respond(first)
     with pytest.raises(ResponseMismatchError):
         process(association, response_to_first, pending_second)
@@ -329,7 +334,7 @@ def test_response_sealed_with_the_wrong_key(aead_id: int) -> None:
 @pytest.mark.parametrize("nonce_length", [1, 4, 8, 11])
 def test_gcm_siv_short_nonce_in_response_is_an_authentication_error(nonce_length: int) -> None:
     association, server = make_pair(AES_128_GCM_SIV)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(request)
     packet = NtpPacket.decode(response)
     auth_offset = packet.offsets[-1]
@@ -375,7 +380,7 @@ def test_clear_cookies_do_not_displace_encrypted_ones() -> None:
 @pytest.mark.parametrize(("jar", "sent", "taken"), [(8, 5, 1), (3, 9, 6), (1, 12, 8)])
 def test_more_cookies_than_asked_for(jar: int, sent: int, taken: int) -> None:
     association, server = make_pair(AES_128_GCM_SIV, cookies=jar)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     new = [server.new_cookie() for _ in range(sent)]
     response = server.respond(request, cookies=new)
     assert process(association, response, pending).new_cookies == taken
@@ -386,8 +391,8 @@ def test_more_cookies_than_asked_for(jar: int, sent: int, taken: int) -> None:
 def test_cookies_taken_are_bounded_by_the_request_not_by_the_jar() -> None:
     """With two requests out, the first answer may refill only what the first one asked."""
     association, server = make_pair(AES_SIV_CMAC_256, cookies=8)
-    first, pending_first = association.build_request()  # 0 placeholders
-    association.build_request()  # 1 placeholder; the jar holds 6
+    first, pending_first = fresh_request(association)  # 0 placeholders
+    fresh_request(association)  # 1 placeholder; the jar holds 6
     response = server.respond(first, extra_cookies=4)
     assert process(association, response, pending_first).new_cookies == 1
     assert association.cookie_count == 7
@@ -416,7 +421,7 @@ def test_short_cookie_inside_the_encrypted_part_is_ignored() -> None:
 @pytest.mark.parametrize("aead_id", AEADS)
 def test_nts_nak(aead_id: int) -> None:
     association, server = make_pair(aead_id)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     remaining = association.cookies
     with pytest.raises(NtsNakError):
         process(association, server.nak(request), pending)
@@ -426,7 +431,7 @@ def test_nts_nak(aead_id: int) -> None:
 
 def test_nak_for_another_request_is_a_mismatch() -> None:
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     with pytest.raises(ResponseMismatchError):
         process(association, server.nak(request, unique_id=b"\x55" * 32), pending)
     with pytest.raises(ResponseMismatchError):
@@ -435,7 +440,7 @@ def test_nak_for_another_request_is_a_mismatch() -> None:
 
 def test_unauthenticated_rate_kiss_is_an_authentication_error() -> None:
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(
         request, stratum=0, reference_id=b"RATE", authenticate=False, cookies=[]
     )
@@ -470,7 +475,7 @@ def test_packet_not_in_server_mode_is_a_mismatch(mode: int) -> None:
 
 def test_own_request_reflected_is_a_mismatch() -> None:
     association, _ = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     with pytest.raises(ResponseMismatchError):
         process(association, request, pending)
 
@@ -524,7 +529,7 @@ def test_unknown_fields_inside_and_before_the_authenticator_are_tolerated() -> N
 
 def test_two_unique_ids_are_malformed() -> None:
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(
         request, clear_fields=[encode_extension_field(EF_UNIQUE_IDENTIFIER, pending.unique_id)]
     )
@@ -534,7 +539,7 @@ def test_two_unique_ids_are_malformed() -> None:
 
 def test_malformed_encrypted_fields() -> None:
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(request, cookies=[], encrypted_fields=[b"\x02\x04\x00\x08abcd"])
     with pytest.raises(NtpFormatError):
         process(association, response, pending)
@@ -558,7 +563,7 @@ def test_truncated_response(aead_id: int) -> None:
 
 def test_legacy_mac_instead_of_authenticator() -> None:
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     response = server.respond(request, authenticate=False) + b"\x00\x00\x00\x01" + bytes(16)
     with pytest.raises(AuthenticationError):
         process(association, response, pending)
@@ -567,14 +572,14 @@ def test_legacy_mac_instead_of_authenticator() -> None:
 def test_authenticator_of_a_short_nonce_needs_padding() -> None:
     """RFC 8915 5.6: a nonce under 16 bytes is followed by padding up to 16 (for SIV)."""
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     reference = server.respond(request, nonce=b"\x09" * 8)  # encode_authenticator pads it
     packet = NtpPacket.decode(reference)
     assert len(packet.extensions[-1].body) == 4 + 16 + 16 + 104
     assert process(association, reference, pending).new_cookies == 1
 
     association, server = make_pair(AES_SIV_CMAC_256)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     header_and_uid = server.respond(request, authenticate=False)
     cookie = encode_extension_field(EF_NTS_COOKIE, server.new_cookie())
     sealed = Aead(AES_SIV_CMAC_256, association.s2c).encrypt(b"\x09" * 8, cookie, header_and_uid)
@@ -790,7 +795,7 @@ def test_ke_to_ntp_end_to_end_with_derived_keys() -> None:
     c2s, s2c = keys_from_response(response, exporter)
     association = Association(response.aead, c2s, s2c, response.cookies)
     server = FakeServer(30, c2s, s2c, cookie_length=64)
-    request, pending = association.build_request()
+    request, pending = fresh_request(association)
     sample = association.process_response(
         server.respond(request), pending, sent_ns=T1, received_ns=T1 + 1_000
     )

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gnomon.client.ntp import fresh_request
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
 from gnomon.proto.nts.client import Association
 from gnomon.proto.nts.cookie import (
@@ -254,7 +255,7 @@ def test_a_client_holding_former_format_cookies_is_answered_and_upgraded() -> No
     codec = CookieCodec(KEY)
     responder = NtpResponder(codec, seed=os.urandom(RANDOM_LEN))
     for _ in range(3):
-        request, pending = client.build_request()
+        request, pending = fresh_request(client)
         reply = responder.respond(request, T0, lambda: T0 + 1000)
         assert reply is not None
         sample = client.process_response(reply, pending, sent_ns=T0, received_ns=T0 + 2000)

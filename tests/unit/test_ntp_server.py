@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nts_messages import nts_request, open_reply, plain_request
 
+from gnomon.client.ntp import fresh_request
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
 from gnomon.proto.nts.client import Association
 from gnomon.proto.nts.cookie import RANDOM_LEN, CookieCodec, CookieKey, cookie_length
@@ -408,7 +409,7 @@ T0 = 1_700_000_001.0  # 60-second periods: T0 is one second into its period
 
 def _exchange(codec_at_t0: CookieCodec, codec_now: CookieCodec) -> str:
     c2s, s2c, cookie = session(codec_at_t0)
-    request, _ = Association(AES_128_GCM_SIV, c2s, s2c, [cookie]).build_request()
+    request, _ = fresh_request(Association(AES_128_GCM_SIV, c2s, s2c, [cookie]))
     reply = respond(NtpResponder(codec_now, seed=bytes(16)), request)
     assert reply is not None
     parsed = open_reply(reply, AES_128_GCM_SIV, s2c)

@@ -11,6 +11,7 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gnomon.client.ntp import fresh_request
 from gnomon.errors import AuthenticationError, NtpFormatError
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS, Aead
 from gnomon.proto.nts.client import Association
@@ -127,7 +128,7 @@ def request(aead: int, placeholders: int, foreign: bool) -> bytes:
     c2s, s2c = os.urandom(length), os.urandom(length)
     codec = OTHER if foreign else CODEC
     jar = [codec.seal(aead, c2s, s2c, os.urandom(RANDOM_LEN)) for _ in range(8 - placeholders)]
-    return Association(aead, c2s, s2c, jar).build_request()[0]
+    return fresh_request(Association(aead, c2s, s2c, jar))[0]
 
 
 def field(ef_type: int, body_len: int) -> bytes:

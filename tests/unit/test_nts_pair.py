@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from gnomon.client.ntp import fresh_request
 from gnomon.errors import AuthenticationError, NtsNakError
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256
 from gnomon.proto.nts.client import Association, KeExchange, keys_from_response
@@ -43,7 +44,7 @@ def key_exchange(codec: CookieCodec, aead: int, unix_ns: int) -> Association:
 
 def exchange(client: Association, server: NtpResponder, unix_ns: int) -> int:
     """One NTP exchange; the new cookies the client took."""
-    request, pending = client.build_request()
+    request, pending = fresh_request(client)
     reply = server.respond(request, unix_ns, lambda: unix_ns + 20_000)
     assert reply is not None and len(reply) <= len(request)
     sample = client.process_response(reply, pending, sent_ns=unix_ns - 1000, received_ns=unix_ns)
@@ -75,7 +76,7 @@ def test_a_lost_reply_is_made_up_with_placeholders() -> None:
     client = key_exchange(codec, AES_128_GCM_SIV, T0)
     server = NtpResponder(codec, seed=os.urandom(RANDOM_LEN))
     for _ in range(3):
-        client.build_request()  # sent, and the replies never came
+        fresh_request(client)  # sent, and the replies never came
     assert client.cookie_count == MAX_COOKIES - 3
     assert exchange(client, server, T0) == 4  # one for the cookie spent, three placeholders
     assert client.cookie_count == MAX_COOKIES
@@ -94,7 +95,7 @@ def test_an_expired_key_gets_a_nak_and_a_new_key_exchange_recovers() -> None:
     client = key_exchange(CookieCodec(KEY1), AES_128_GCM_SIV, T0)
     expired = CookieCodec(KEY3, [KEY2])  # KEY1 no longer accepted
     server = NtpResponder(expired, seed=os.urandom(RANDOM_LEN))
-    request, pending = client.build_request()
+    request, pending = fresh_request(client)
     reply = server.respond(request, T0 + 2 * DAY, lambda: T0 + 2 * DAY + 1)
     assert reply is not None
     with pytest.raises(NtsNakError):
@@ -108,14 +109,14 @@ def test_an_expired_key_gets_a_nak_and_a_new_key_exchange_recovers() -> None:
 def test_a_server_holding_other_keys_naks_and_a_forged_reply_is_refused() -> None:
     client = key_exchange(CookieCodec(KEY1), AES_128_GCM_SIV, T0)
     stranger = NtpResponder(CookieCodec(CookieKey(KEY1.id, bytes(16))), seed=bytes(16))
-    request, pending = client.build_request()
+    request, pending = fresh_request(client)
     reply = stranger.respond(request, T0, lambda: T0)
     assert reply is not None
     with pytest.raises(NtsNakError):
         client.process_response(reply, pending, sent_ns=T0, received_ns=T0)
     # a reply authenticated with other keys (a server that is not this session's)
     impostor = Association(AES_128_GCM_SIV, os.urandom(16), os.urandom(16), client.cookies)
-    request, pending = client.build_request()
+    request, pending = fresh_request(client)
     genuine = NtpResponder(CookieCodec(KEY1), seed=bytes(16))
     reply = genuine.respond(request, T0, lambda: T0)
     assert reply is not None

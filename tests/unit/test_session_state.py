@@ -12,6 +12,7 @@ import pytest
 
 from gnomon.certs import make_demo_pki
 from gnomon.client.ke import KeResult
+from gnomon.client.ntp import fresh_request
 from gnomon.client.session import Session, format_reference_id, parse_server
 from gnomon.errors import CertificateError, GnomonError
 from gnomon.proto.nts.ke import KeResponse
@@ -77,7 +78,7 @@ def test_save_and_reload(tmp_path: Path, ca_file: Path) -> None:
     assert again.association.cookies == ke.response.cookies
     assert (again.ntp_host, again.ntp_port) == ("ntp.example", 1123)
     # the reloaded keys still work: a request it builds verifies under the same C2S key
-    request, _ = again.association.build_request()
+    request, _ = fresh_request(again.association)
     assert len(request) > 48
     # only the final file is left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]
@@ -87,8 +88,8 @@ def test_spent_cookies_stay_spent_after_reload(tmp_path: Path, ca_file: Path) ->
     state_file = tmp_path / "s.json"
     session = Session(state_file=state_file, ca_file=ca_file)
     state = session._store(KEY, ke_result(aead=15))
-    state.association.build_request()
-    state.association.build_request()
+    fresh_request(state.association)
+    fresh_request(state.association)
     session._save()
     reloaded = Session(state_file=state_file, ca_file=ca_file)
     assert reloaded._servers[KEY].association.cookies == ke_result().response.cookies[2:]

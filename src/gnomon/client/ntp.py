@@ -9,6 +9,7 @@ platform gives one, so queueing in Python does not count as network delay.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ from ..errors import (
     QueryTimeoutError,
     ResponseMismatchError,
 )
+from ..proto.nts.aead import algorithm
 from ..proto.nts.client import Association, PendingRequest, Sample
+from ..proto.nts.fields import UNIQUE_ID_LEN
 
 MAX_DATAGRAM = 4096
 
@@ -33,6 +36,16 @@ class Timing:
     timeout: float = 5.0  # the whole exchange
     retransmit: float = 1.0  # a new request (new cookie) after this long without an answer
     nak_grace: float = 0.5  # after an NTS NAK, wait this long for a genuine answer (RFC 8915 5.7)
+
+
+def fresh_request(association: Association) -> tuple[bytes, PendingRequest]:
+    """The association's next request, with random unique identifier, nonce and
+    transmit timestamp (RFC 9109: the real send time stays with the client)."""
+    return association.build_request(
+        unique_id=os.urandom(UNIQUE_ID_LEN),
+        nonce=os.urandom(algorithm(association.aead_id).nonce_length),
+        transmit_ts=int.from_bytes(os.urandom(8)),
+    )
 
 
 class UdpExchange:
@@ -66,7 +79,7 @@ class UdpExchange:
         if now < self._next_send or self._nak_deadline is not None:
             return None
         try:
-            packet, pending = self.association.build_request()
+            packet, pending = fresh_request(self.association)
         except NoCookiesError:
             if not self._outstanding:
                 raise

@@ -3,12 +3,11 @@
 ``KeExchange`` turns an NTS-KE conversation into a :class:`~.ke.KeResponse`;
 ``Association`` holds the keys and cookie jar that come out of it, builds
 NTP requests and validates the responses. The I/O layer supplies the bytes,
-the TLS exporter and the local clock readings.
+the TLS exporter, the local clock readings and the random values of each request.
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from .fields import (
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
     EF_UNIQUE_IDENTIFIER,
-    UNIQUE_ID_LEN,
     encode_authenticator,
     locate_nts_fields,
     open_authenticator,
@@ -160,25 +158,20 @@ class Association:
         return len(self._cookies)
 
     def build_request(
-        self,
-        *,
-        unique_id: bytes | None = None,
-        nonce: bytes | None = None,
-        transmit_ts: int | None = None,
+        self, *, unique_id: bytes, nonce: bytes, transmit_ts: int
     ) -> tuple[bytes, PendingRequest]:
         """An authenticated NTP request and the state to check its response with.
 
-        The transmit timestamp is random by default: the client keeps its real
-        send time to itself (as RFC 9109's privacy advice suggests) and only
-        uses the echoed value to match the response.
+        ``unique_id`` (:data:`~.fields.UNIQUE_ID_LEN` bytes), ``nonce`` (the
+        AEAD's ``nonce_length``) and ``transmit_ts`` are random and fresh for
+        each request (the caller draws them): the client keeps its send time to itself
+        (as RFC 9109's privacy advice suggests) and only uses the echoed
+        transmit timestamp to match the response.
         """
         if not self._cookies:
             raise NoCookiesError("no cookie left; a new NTS-KE exchange is needed")
         cookie = self._cookies.popleft()
         placeholders = MAX_COOKIES - 1 - len(self._cookies)
-        unique_id = os.urandom(UNIQUE_ID_LEN) if unique_id is None else unique_id
-        transmit_ts = int.from_bytes(os.urandom(8)) if transmit_ts is None else transmit_ts
-        nonce = os.urandom(self._c2s.algorithm.nonce_length) if nonce is None else nonce
         header = NtpHeader(mode=MODE_CLIENT, transmit_ts=transmit_ts).encode()
         unauthenticated = b"".join(
             [
