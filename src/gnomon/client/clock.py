@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,15 +98,10 @@ class SourceStatus:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "state": self.state,
-            "offset": self.offset,
-            "error": self.error,
-            "message": self.message,
-            **({"detail": self.detail} if self.detail else {}),
-        }
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if not self.detail:
+            del values["detail"]
+        return values
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,22 +303,25 @@ class Clock:
         :meth:`anow` (or ``async with clock``) so the event loop keeps running.
         """
         if self._needs_refresh():
-            try:
+            with self._unless_never_agreed():
                 self.refresh()
-            except GnomonError:
-                if self._agreement is None:
-                    raise
         return self._read()
 
     async def anow(self) -> TrustedTime:
         """The asyncio form of :meth:`now`."""
         if self._needs_refresh():
-            try:
+            with self._unless_never_agreed():
                 await self.arefresh()
-            except GnomonError:
-                if self._agreement is None:
-                    raise
         return self._read()
+
+    @contextlib.contextmanager
+    def _unless_never_agreed(self) -> Iterator[None]:
+        """A failed refresh is an error only when there is no earlier agreement to read."""
+        try:
+            yield
+        except GnomonError:
+            if self._agreement is None:
+                raise
 
     def time(self) -> float:
         """Like :func:`time.time`, but trusted: Unix seconds."""
@@ -394,7 +393,11 @@ class Clock:
         error: GnomonError | None = None
         selection: Selection | None = None
         try:
-            selection = self._select(list(readings.values()))
+            selection = self._select(
+                list(readings.values()),
+                len(self.sources),
+                f"no source answered ({len(self.sources)} asked)",
+            )
         except NoMajorityError as exc:
             detail = "; ".join(f"{name}: {why}" for name, why in {**failures, **unused}.items())
             hint = ""
@@ -444,14 +447,13 @@ class Clock:
 
         await asyncio.gather(*(one(s) for s in sources))
 
-    def _select(self, readings: list[Reading]) -> Selection:
+    def _select(self, readings: list[Reading], configured: int, silence: str) -> Selection:
+        """What a quorum of ``configured`` sources agrees on; ``silence``: none answered."""
         if not readings:
-            raise NoMajorityError(
-                f"no source answered ({len(self.sources)} asked)", needed=self.policy.min_agree
-            )
+            raise NoMajorityError(silence, needed=self.policy.min_agree)
         at = max(r.monotonic_ns for r in readings)
         intervals = [r.interval(at, self.tolerance_ppm) for r in readings]
-        return select(intervals, self.policy, configured=len(self.sources))
+        return select(intervals, self.policy, configured=configured)
 
     def _verification_time(
         self, rough: list[Reading], rough_count: int
@@ -463,7 +465,8 @@ class Clock:
         rough_problem = "no Roughtime source configured"
         if rough_count:
             try:
-                agreed = self._select_roughtime(rough, rough_count)
+                silence = f"none of the {rough_count} Roughtime sources answered"
+                agreed = self._select(rough, rough_count, silence)
                 rough_ns = self._monotonic() + agreed.center
                 rough_time = datetime.fromtimestamp(rough_ns / 1e9, UTC)
             except NoMajorityError as exc:
@@ -479,13 +482,6 @@ class Clock:
             return rough_time, "roughtime", None
         return None, "", f"system clock not trusted and {rough_problem}: NTS certificates unchecked"
 
-    def _select_roughtime(self, readings: list[Reading], configured: int) -> Selection:
-        if not readings:
-            raise NoMajorityError(f"none of the {configured} Roughtime sources answered")
-        at = max(r.monotonic_ns for r in readings)
-        intervals = [r.interval(at, self.tolerance_ppm) for r in readings]
-        return select(intervals, self.policy, configured=configured)
-
     def _sane_minimum(self) -> datetime:
         minimum = self.sane_minimum
         if self._last_unix_ns is not None:
@@ -496,25 +492,22 @@ class Clock:
 
     def status(self) -> ClockStatus:
         """Which sources agreed at the last refresh, which did not, and the error now."""
-        if self._status is None:
-            return ClockStatus(
-                self._agreement is not None,
-                tuple(SourceStatus(s.name, s.kind, "not asked yet") for s in self.sources),
-                None,
-                *self._current(),
-                None,
-                None,
-            )
+        last = self._status or ClockStatus(
+            False,
+            tuple(SourceStatus(s.name, s.kind, "not asked yet") for s in self.sources),
+            *(None,) * 6,
+        )
+        return self._now_status(last)
+
+    def _now_status(self, status: ClockStatus) -> ClockStatus:
+        """``status`` with whether the clock is synchronised and its error as of now."""
         since, error, offset = self._current()
-        return ClockStatus(
-            self._agreement is not None,
-            self._status.sources,
-            self._status.last_refresh_error,
-            since,
-            error,
-            offset,
-            self._status.verify_time,
-            self._status.quorum,
+        return dataclasses.replace(
+            status,
+            synchronized=self._agreement is not None,
+            since_agreement=since,
+            error=error,
+            offset=offset,
         )
 
     def _current(self) -> tuple[float | None, float | None, float | None]:
@@ -565,16 +558,10 @@ class Clock:
                 rows.append(SourceStatus(name, source.kind, "not used", message=unused[name]))
             else:
                 rows.append(SourceStatus(name, source.kind, "failed", message=failures.get(name)))
-        since, current_error, offset = self._current()
-        return ClockStatus(
-            self._agreement is not None,
-            tuple(rows),
-            str(error) if error is not None else None,
-            since,
-            current_error,
-            offset,
-            how,
-            selection.quorum if selection is not None else None,
+        quorum = selection.quorum if selection is not None else None
+        last_error = str(error) if error is not None else None
+        return self._now_status(
+            ClockStatus(False, tuple(rows), last_error, None, None, None, how, quorum)
         )
 
     # --- background refresh ---------------------------------------------------------
