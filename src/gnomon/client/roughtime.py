@@ -10,7 +10,9 @@ when UDP gets no answer at all the query moves to TCP on the same port. A
 chain (:meth:`RoughtimeClient.query_chain`) asks every server of a list in
 order, twice, each nonce chained to the previous response, and returns the
 interval they all agree on or the servers that disagree with a report ready
-to send. All checks live in :mod:`gnomon.proto.roughtime`.
+to send. All checks live in :mod:`gnomon.proto.roughtime`; the retry, fallback
+and chain rules are written once, as generators of I/O steps (resolve, send) that
+a blocking and an asyncio adapter carry out.
 """
 
 from __future__ import annotations
