@@ -30,6 +30,7 @@ import errno
 import logging
 import math
 import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,9 +39,10 @@ from typing import Any
 from .._os import TIMESTAMP_ANCILLARY_SPACE
 from ..proto.nts.ntp import LEAP_UNSYNCHRONIZED, short_to_seconds
 from ..proto.nts.ntp_server import TimeSource
-from ..proto.roughtime.server import DropReason, RoughtimeServer
+from ..proto.roughtime.server import DropReason, Request, RoughtimeServer
 from .udp import (
     AUX,
+    CONTROL_LEN,
     HDR,
     IOV_LEN,
     IOVEC,
@@ -170,10 +172,12 @@ class RoughtimeService(UdpService):
         self.max_wait = max_wait
         self.counters = RoughtimeCounters()
         self.received = 0  # datagrams read, whatever became of them
-        self._pending: list[Any] = []  # parsed requests waiting for their batch
+        self._pending: list[Request] = []  # parsed requests waiting for their batch
         self._destinations: list[Any] = []  # raw sockaddr (batched) or address (fallback)
-        self._sizes: list[int] = []  # request datagram sizes: no response may be larger
         self._timer: asyncio.TimerHandle | None = None
+        # Per receive of ``count`` datagrams, their sizes and source addresses each read by one
+        # unpack_from over the whole mmsghdr and aux arrays (made once per count).
+        self._layouts: dict[int, tuple[Any, Any]] = {}
 
     @property
     def pending(self) -> int:
@@ -205,40 +209,57 @@ class RoughtimeService(UdpService):
             self._schedule()
             return
         self.received += count
-        headers, aux, data, aux_of = batch.headers, batch.aux, batch.data, batch.aux_of
-        length_of = MSG_LEN.unpack_from
-        admission = self.admission
-        now = time.monotonic() if admission is not None else 0.0
-        core = self.core
-        parse = core.parse_request if core is not None else None
-        pending, destinations, sizes = self._pending, self._destinations, self._sizes
-        drops = self.counters
+        headers, aux, data = batch.headers, batch.aux, batch.data
+        readers = self._layouts.get(count)
+        if readers is None:
+            readers = self._layouts[count] = self._readers(batch, count)
         try:
-            for i in range(count):
-                name = aux_of(aux, i * AUX)[5]
-                at = i * MAX_REQUEST
-                size = length_of(headers, i * HDR + MSG_LEN_AT)[0]
-                if admission is not None:
-                    address = self._addresses.get(name)
-                    if address is None:
-                        address = self._remember(name)
-                    outcome = admission.decide(address[0], now)
-                    if outcome is not None:
-                        continue  # counted by the admission
-                if parse is None:
-                    drops.add(NO_KEY)
-                    continue
-                parsed = parse(bytes(data[at : at + size]))
-                if isinstance(parsed, DropReason):
-                    drops.add(parsed.name)
-                    continue
-                pending.append(parsed)
-                destinations.append(name)
-                sizes.append(size)
+            sizes = readers[0](headers)
+            names = readers[1](aux)
         finally:
             headers[: count * HDR] = batch.headers_template[: count * HDR]
             aux[: count * AUX] = batch.aux_template[: count * AUX]
+        admission = self.admission
+        core = self.core
+        if core is None:
+            kept = count
+            if admission is not None:
+                now = time.monotonic()
+                kept = sum(admission.decide(self._address(name)[0], now) is None for name in names)
+            self.counters.add(NO_KEY, kept)
+            return
+        parse = core.parse_request
+        pending, destinations = self._pending, self._destinations
+        counters = self.counters
+        now = time.monotonic() if admission is not None else 0.0
+        at = 0
+        for name, size in zip(names, sizes, strict=True):
+            datagram = data[at : at + size]
+            at += MAX_REQUEST
+            if admission is not None and admission.decide(self._address(name)[0], now):
+                continue  # counted by the admission
+            parsed = parse(datagram)
+            if parsed.__class__ is DropReason:
+                counters.add(parsed.name)
+                continue
+            pending.append(parsed)  # type: ignore[arg-type]
+            destinations.append(name)
         self._schedule()
+
+    @staticmethod
+    def _readers(batch: Batch, count: int) -> tuple[Any, Any]:
+        """unpack_from functions reading the sizes of ``count`` datagrams from the mmsghdr
+        array and their source addresses from the aux array."""
+        size_at = f"{MSG_LEN_AT}x{MSG_LEN.format[-1]}{HDR - MSG_LEN_AT - MSG_LEN.size}x"
+        name_at = f"{CONTROL_LEN}x{batch.name_len}s{AUX - CONTROL_LEN - batch.name_len}x"
+        return (
+            struct.Struct("@" + size_at * count).unpack_from,
+            struct.Struct("@" + name_at * count).unpack_from,
+        )
+
+    def _address(self, name: bytes) -> Any:
+        address = self._addresses.get(name)
+        return address if address is not None else self._remember(name)
 
     def _receive_failed(self) -> None:
         if ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR):
@@ -269,7 +290,6 @@ class RoughtimeService(UdpService):
                 continue
             self._pending.append(parsed)
             self._destinations.append(address)
-            self._sizes.append(len(data))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -288,10 +308,10 @@ class RoughtimeService(UdpService):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        requests, destinations, sizes = self._pending, self._destinations, self._sizes
+        requests, destinations = self._pending, self._destinations
         if not requests:
             return
-        self._pending, self._destinations, self._sizes = [], [], []
+        self._pending, self._destinations = [], []
         core = self.core
         stamp = self.clock.now()
         if stamp is None:
@@ -308,25 +328,29 @@ class RoughtimeService(UdpService):
             return
         self.counters.batches += 1
         if self._batch is not None:
-            self._send_batch(self._batch, replies, destinations, sizes)
+            self._send_batch(self._batch, replies, destinations, requests)
         else:
-            for reply, address, size in zip(replies, destinations, sizes, strict=True):
-                if not reply or len(reply) > size:
+            for reply, address, request in zip(replies, destinations, requests, strict=True):
+                if not reply or len(reply) > request.size:
                     self.counters.add(OVERSIZED)
                     continue
                 self.counters.add(ANSWERED)
                 self._send(reply, address)
 
     def _send_batch(
-        self, batch: Batch, replies: Sequence[bytes], names: Sequence[bytes], sizes: Sequence[int]
+        self,
+        batch: Batch,
+        replies: Sequence[bytes],
+        names: Sequence[bytes],
+        requests: Sequence[Request],
     ) -> None:
         send_data, send_names, send_iovecs = batch.send_data, batch.send_names, batch.send_iovecs
         name_len = batch.name_len
         pack_length = IOV_LEN.pack_into
         queued = 0
-        for reply, name, size in zip(replies, names, sizes, strict=True):
+        for reply, name, request in zip(replies, names, requests, strict=True):
             length = len(reply)
-            if not length or length > size:
+            if not length or length > request.size:
                 self.counters.add(OVERSIZED)
                 continue
             at = queued * MAX_REQUEST

@@ -35,25 +35,36 @@ def node_hash(left: bytes, right: bytes, size: int = 32) -> bytes:
 def build_tree(leaves: Sequence[bytes], size: int = 32) -> tuple[bytes, list[bytes]]:
     """The root over already hashed ``leaves`` and each leaf's PATH (sibling hashes, lowest
     level first, concatenated). Every path has the same length: one response shape per batch.
+
+    One SHA-512 per node (n - 1 for n leaves, plus one per odd level). The paths are
+    built from the top down: a node's path is its sibling followed by its parent's
+    path, so each node costs one concatenation, not one join per leaf and level.
     """
     if not leaves:
         raise ValueError("a Merkle tree needs at least one leaf")
-    sha512 = hashlib.sha512
+    sha512, node = hashlib.sha512, b"\x01"
     levels: list[list[bytes]] = []
     level = list(leaves)
     while len(level) > 1:
         if len(level) % 2:
             level.append(level[0])
         levels.append(level)
+        pairs = iter(level)
         level = [
-            sha512(b"\x01" + level[i] + level[i + 1]).digest()[:size]
-            for i in range(0, len(level), 2)
+            sha512(node + left + right).digest()[:size]
+            for left, right in zip(pairs, pairs, strict=False)
         ]
-    paths = [
-        b"".join([levels[depth][(index >> depth) ^ 1] for depth in range(len(levels))])
-        for index in range(len(leaves))
-    ]
-    return level[0], paths
+    paths = [b""]
+    for lower in reversed(levels):
+        paths = [sibling + paths[i >> 1] for i, sibling in enumerate(_siblings(lower))]
+    return level[0], paths[: len(leaves)]
+
+
+def _siblings(level: list[bytes]) -> list[bytes]:
+    """Each node's sibling on a level of even width: 1, 0, 3, 2, ..."""
+    swapped = level[:]
+    swapped[::2], swapped[1::2] = level[1::2], level[::2]
+    return swapped
 
 
 def root_from_path(leaf: bytes, index: int, path: bytes, size: int = 32) -> bytes:

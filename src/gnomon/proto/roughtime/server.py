@@ -14,9 +14,11 @@ be made offline (:func:`.delegation.delegate`).
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -40,23 +42,72 @@ class DropReason(enum.Enum):
     no_common_version = "no_common_version"  # no offered version this server speaks
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
-    """An admitted request: the datagram (the Merkle leaf covers all of it) and what to answer."""
+    """An admitted request: its Merkle leaf (over the whole datagram), what to answer, and
+    its size (the largest response it may get). Not frozen: a frozen dataclass costs
+    several times more to make, once per datagram."""
 
-    packet: bytes
+    leaf: bytes
     version: int
     nonce: bytes
-
-    @property
-    def size(self) -> int:
-        """The largest response this request may get."""
-        return len(self.packet)
+    size: int
 
 
 _TYPE_REQUEST = m.u32(0)
 _TYPE_RESPONSE = m.u32(1)
 _RESPONSE_TAGS = (m.SIG, m.NONC, m.TYPE, m.PATH, m.SREP, m.CERT, m.INDX)  # sorted
+_LEAF_PREFIX = b"\x00"
+_sha512 = hashlib.sha512
+
+
+class _Layout(NamedTuple):
+    """Where a request with one common header keeps its values (positions in the datagram)."""
+
+    ver: int
+    versions: Callable[[Any, int], tuple[int, ...]]  # reads VER's entries at ``ver``
+    srv: int  # -1: no SRV
+    nonce: int
+    type: int  # -1: no TYPE
+
+
+# The fast path of parse_request: the headers common clients send, each with the layout
+# it implies. A request is VER, NONC, ZZZZ, with SRV and TYPE or not; VER holds 1 to
+# MAX_VERSIONS entries. Such a header (count, offsets, tags) fixes every offset, so its
+# whole check is the table lookup: tags sorted and unique, offsets multiples of four and
+# ascending by construction, NONC 32 bytes, TYPE 4, and every value ends before the
+# least size admitted. What the datagram must still show is the framing (magic, its
+# length, a multiple of four), TYPE 0, our SRV and a version we speak;
+# a datagram that does not is decided by the general decoder, which holds every rule.
+_FRAME = struct.Struct("<8sII")  # magic, length, tag count
+
+
+def _layouts() -> dict[bytes, _Layout]:
+    """Header bytes (count, offsets, tags) -> layout, for every common request shape."""
+    table: dict[bytes, _Layout] = {}
+    for srv in (False, True):
+        for kind in (False, True):
+            tags = [m.VER, *([m.SRV] if srv else []), m.NONC, *([m.TYPE] if kind else []), m.ZZZZ]
+            for entries in range(1, MAX_VERSIONS + 1):
+                sizes = {m.VER: 4 * entries, m.SRV: 32, m.NONC: 32, m.TYPE: 4}
+                starts, position = {}, 0
+                for t in tags[:-1]:
+                    starts[t] = position
+                    position += sizes[t]
+                base = m.FRAME_HEADER + 8 * len(tags)
+                # The padding starts at most 248 bytes in: any admitted size holds it all.
+                assert base + position <= REQUEST_SIZE
+                table[m.header(tags, [sizes[t] for t in tags[:-1]] + [0])] = _Layout(
+                    base,
+                    struct.Struct(f"<{entries}I").unpack_from,
+                    base + starts[m.SRV] if srv else -1,
+                    base + starts[m.NONC],
+                    base + starts[m.TYPE] if kind else -1,
+                )
+    return table
+
+
+_LAYOUTS = _layouts()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +178,44 @@ class RoughtimeServer:
     # --- admission (no signature work) ---------------------------------------
 
     def parse_request(self, datagram: bytes | bytearray | memoryview) -> Request | DropReason:
-        """A :class:`Request` to answer or why to drop ``datagram``. Never raises."""
-        if not isinstance(datagram, bytes):  # a view into a receive buffer: keep a copy
-            datagram = bytes(datagram)
+        """A :class:`Request` to answer or why to drop ``datagram``. Never raises.
+
+        The common request shapes are read by position from one ``unpack_from``
+        (see ``_LAYOUTS``); any other datagram goes to :meth:`_parse_general`,
+        which decides it by the codec's rules. The fast path never drops: it
+        answers only what the general path would answer, the same way.
+        """
+        size = len(datagram)
+        if size < REQUEST_SIZE:
+            return DropReason.too_short
+        if size > MAX_REQUEST:
+            return DropReason.too_long
+        # A view into a receive buffer: copied once (the general path then needs no copy).
+        packet = datagram if isinstance(datagram, bytes) else bytes(datagram)
+        magic, length, count = _FRAME.unpack_from(packet)
+        # A key matches only a header that starts with its own count (at most 5 tags).
+        layout = _LAYOUTS.get(packet[12 : 12 + 8 * count])
+        if layout is None or magic != m.MAGIC or length != size - m.FRAME_HEADER or size & 3:
+            return self._parse_general(packet)
+        ver, versions, srv, nonce, kind = layout
+        if (kind >= 0 and packet[kind : kind + 4] != _TYPE_REQUEST) or (
+            srv >= 0 and packet[srv : srv + 32] != self.srv
+        ):
+            return self._parse_general(packet)
+        offered = versions(packet, ver)
+        for version in self.versions:
+            if version in offered:
+                return Request(
+                    _sha512(_LEAF_PREFIX + packet).digest()[:32],
+                    version,
+                    packet[nonce : nonce + 32],
+                    size,
+                )
+        return DropReason.no_common_version
+
+    def _parse_general(self, datagram: bytes | bytearray | memoryview) -> Request | DropReason:
+        """:meth:`parse_request` by the codec: any request shape, every rule checked there."""
+        datagram = bytes(datagram)
         size = len(datagram)
         if size < REQUEST_SIZE:
             return DropReason.too_short
@@ -149,7 +235,7 @@ class RoughtimeServer:
             return DropReason.unknown_server
         for version in self.versions:
             if version in offered:
-                return Request(datagram, version, nonce)
+                return Request(leaf_hash(datagram), version, nonce, size)
         return DropReason.no_common_version
 
     # --- answers ---------------------------------------------------------------
@@ -167,42 +253,61 @@ class RoughtimeServer:
             raise RoughtimeError(
                 f"midpoint {midpoint} is outside the delegation window {self.mint}..{self.maxt}"
             )
+        midp = m.u64(midpoint)
+        radi = m.u32(radius)
+        if len({request.version for request in requests}) < 2:  # the common case
+            return self._answer(requests, midp, radi)
         out: list[bytes] = [b""] * len(requests)
         groups: dict[int, list[int]] = {}
         for position, request in enumerate(requests):
             groups.setdefault(request.version, []).append(position)
-        midp = m.u64(midpoint)
-        radi = m.u32(radius)
-        for version, positions in groups.items():
-            family = self._families.get(version)
-            if family is None:
-                raise RoughtimeError(f"request for {version_name(version)}, not served")
-            leaves = [leaf_hash(requests[p].packet) for p in positions]
-            root, paths = build_tree(leaves)
-            srep = m.encode(
-                {m.VER: family.ver, m.RADI: radi, m.MIDP: midp, m.VERS: family.vers, m.ROOT: root}
-            )
-            signature = self.online_key.sign(family.rules_context + srep)
-            # Every response of the group has the same value sizes: one header for all.
-            path_size = len(paths[0])
-            head = m.header(_RESPONSE_TAGS, (64, 32, 4, path_size, len(srep), len(family.cert), 4))
-            shared_tail = srep + family.cert
-            length = len(head) + 64 + 32 + 4 + path_size + len(shared_tail) + 4
-            frame_head = m.MAGIC + m.u32(length)
-            for leaf_index, (position, path) in enumerate(zip(positions, paths, strict=True)):
-                request = requests[position]
-                response = b"".join(
-                    (
-                        frame_head,
-                        head,
-                        signature,
-                        request.nonce,
-                        _TYPE_RESPONSE,
-                        path,
-                        shared_tail,
-                        m.u32(leaf_index),
-                    )
-                )
-                if len(response) <= request.size:
-                    out[position] = response
+        for positions in groups.values():
+            answers = self._answer([requests[p] for p in positions], midp, radi)
+            for position, answer in zip(positions, answers, strict=True):
+                out[position] = answer
         return out
+
+    def _answer(self, requests: Sequence[Request], midp: bytes, radi: bytes) -> list[bytes]:
+        """The responses to requests of one version: one tree, one signature, one template.
+
+        Every response of the group has the same shape (the paths have one length), so
+        everything but NONC, PATH and INDX is built once and each response is one join.
+        """
+        if not requests:
+            return []
+        version = requests[0].version
+        family = self._families.get(version)
+        if family is None:
+            raise RoughtimeError(f"request for {version_name(version)}, not served")
+        root, paths = build_tree([request.leaf for request in requests])
+        srep = m.encode(
+            {m.VER: family.ver, m.RADI: radi, m.MIDP: midp, m.VERS: family.vers, m.ROOT: root}
+        )
+        signature = self.online_key.sign(family.rules_context + srep)
+        path_size = len(paths[0])
+        sizes = (64, 32, 4, path_size, len(srep), len(family.cert), 4)
+        head = m.header(_RESPONSE_TAGS, sizes)
+        length = len(head) + sum(sizes)
+        prefix = b"".join((m.MAGIC, m.u32(length), head, signature))
+        tail = srep + family.cert
+        join = b"".join
+        responses = [
+            join((prefix, request.nonce, _TYPE_RESPONSE, path, tail, index))
+            for request, path, index in zip(requests, paths, _indexes(len(requests)), strict=False)
+        ]
+        if min(request.size for request in requests) < m.FRAME_HEADER + length:
+            # Only a batch so large its path does not fit: that request gets nothing.
+            for position, request in enumerate(requests):
+                if request.size < m.FRAME_HEADER + length:
+                    responses[position] = b""
+        return responses
+
+
+_INDEXES: list[bytes] = []
+
+
+def _indexes(count: int) -> list[bytes]:
+    """INDX values 0 to ``count - 1`` (uint32 LE), made once for the largest batch yet."""
+    if len(_INDEXES) < count:
+        _INDEXES[:] = [m.u32(i) for i in range(count)]
+    return _INDEXES
