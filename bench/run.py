@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -568,10 +569,18 @@ class Bench:
                 "cookies": [c.hex() for c in result.response.cookies],
             }
             entry = results[server.key] = {}
-            for label, load in (("idle", 0.0), ("loaded", rate)):
+            windows = [
+                ("idle", 0.0, partial(self.quality_window, server, request_set, session, 0.0)),
+                ("loaded", rate, partial(self.quality_window, server, request_set, session, rate)),
+                *[
+                    (label, rate, partial(self.quality_window_chrony, server, request_set, rate, x))
+                    for label, x in (("chrony-basic", False), ("chrony-xleave", True))
+                ],
+            ]
+            for label, load, measure in windows:
                 log(f"quality  {server.label}: {label} ({load:,.0f} requests/s) ...")
                 try:
-                    entry[label] = self.quality_window(server, request_set, session, load)
+                    entry[label] = measure()
                 except (KeyboardInterrupt, srv.ServerStartError):
                     raise
                 except Exception as exc:
@@ -583,26 +592,27 @@ class Bench:
                     f"quality  {server.label}: {label}: median offset "
                     f"{_fmt_us(probe['offset_us']['median'])} µs, delay "
                     f"{_fmt_us(probe['delay_us']['median'])} µs, {probe['samples']} samples"
-                )
-            for xleave in (False, True):
-                label = "chrony-xleave" if xleave else "chrony-basic"
-                log(f"quality  {server.label}: chrony client, {label} ({rate:,.0f} requests/s) ...")
-                try:
-                    entry[label] = self.quality_window_chrony(server, request_set, rate, xleave)
-                except (KeyboardInterrupt, srv.ServerStartError):
-                    raise
-                except Exception as exc:
-                    log(f"quality {server.label} {label} failed: {exc}")
-                    entry[label] = {"error": str(exc)}
-                    continue
-                got = entry[label]["probe"]
-                log(
-                    f"quality  {server.label}: {label}: median offset "
-                    f"{_fmt_us(got['offset_us']['median'])} µs, delay "
-                    f"{_fmt_us(got['delay_us']['median'])} µs, {got['samples']} samples, "
-                    f"{got['interleaved']} interleaved"
+                    + (f", {probe['interleaved']} interleaved" if "interleaved" in probe else "")
                 )
         self.results["quality"] = {"rate": rate, "servers": results}
+
+    def open_loop_spec(
+        self, server: srv.Server, request_set: srv.RequestSet, rate: float, hard: float
+    ) -> dict[str, Any]:
+        """The load of the time-quality windows: ``rate`` requests a second on schedule."""
+        args = self.args
+        return {
+            "mode": "udp",
+            "host": srv.HOST,
+            "port": server.ntp_port,
+            "sockets": args.sockets,
+            "inflight": args.inflight,
+            "rate": rate,
+            "max_replies": args.max_replies,
+            "max_seconds": hard,
+            "validate_every": 64,
+            **request_set.spec(),
+        }
 
     def quality_window_chrony(
         self, server: srv.Server, request_set: srv.RequestSet, rate: float, xleave: bool
@@ -625,18 +635,7 @@ class Bench:
             cpus=self.loadgen_cpus,
         )
         gen = LoadGen(
-            {
-                "mode": "udp",
-                "host": srv.HOST,
-                "port": server.ntp_port,
-                "sockets": args.sockets,
-                "inflight": args.inflight,
-                "rate": rate,
-                "max_replies": args.max_replies,
-                "max_seconds": hard,
-                "validate_every": 64,
-                **request_set.spec(),
-            },
+            self.open_loop_spec(server, request_set, rate, hard),
             self.tmp / f"quality-{self.window_no}-load.json",
             self.loadgen_cpus,
         )
@@ -709,20 +708,7 @@ class Bench:
             }
         ]
         if rate:
-            specs.append(
-                {
-                    "mode": "udp",
-                    "host": srv.HOST,
-                    "port": server.ntp_port,
-                    "sockets": args.sockets,
-                    "inflight": args.inflight,
-                    "rate": rate,
-                    "max_replies": args.max_replies,
-                    "max_seconds": hard,
-                    "validate_every": 64,
-                    **request_set.spec(),
-                }
-            )
+            specs.append(self.open_loop_spec(server, request_set, rate, hard))
         self.window_no += 1
         gens = [
             LoadGen(spec, self.tmp / f"quality-{self.window_no}-{i}.json", self.loadgen_cpus)
