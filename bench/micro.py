@@ -150,6 +150,8 @@ def loop_costs() -> None:
     from gnomon.server.ntp import NtpService, open_ntp_socket
 
     class Answer:
+        tx_key = 0  # never interleaved
+
         def __init__(self, reply: bytes | None) -> None:
             self.reply = reply
 
