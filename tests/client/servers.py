@@ -26,6 +26,7 @@ from gnomon.certs import DemoPki
 from gnomon.proto.roughtime import RoughtimeServer, delegate
 from gnomon.server.app import Server
 from gnomon.server.roughtime_keys import public_key_of, write_long_term_key
+from tests.peers.proc import START_TIMEOUT
 from tests.server.helpers import WAIT, base_config, running_server
 from tests.unit.roughtime_loopback import LoopbackServer
 
@@ -117,7 +118,7 @@ class NtsServers:
 
     def __enter__(self) -> NtsServers:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(WAIT * 2)
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(START_TIMEOUT)
         return self
 
     def __exit__(self, *exc: object) -> None:

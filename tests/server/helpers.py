@@ -231,7 +231,9 @@ async def running_server(config: ServerConfig, **kwargs: Any) -> AsyncIterator[S
     task = asyncio.create_task(server.run())
     waiter = asyncio.create_task(ready.wait())
     try:
-        done, _ = await asyncio.wait({task, waiter}, timeout=WAIT, return_when="FIRST_COMPLETED")
+        done, _ = await asyncio.wait(
+            {task, waiter}, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED"
+        )
         if task in done:
             task.result()  # raises what stopped it
             raise AssertionError("server stopped before it was ready")
