@@ -161,9 +161,9 @@ def _time(unix: int) -> str:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .client.roughtime import DEFAULT_PORT, RoughtimeClient
+    from .client.roughtime import RoughtimeClient
     from .proto.roughtime.serverlist import decode_public_key, split_address
-    from .proto.roughtime.versions import CLIENT_VERSIONS
+    from .proto.roughtime.versions import CLIENT_VERSIONS, DEFAULT_PORT
 
     if not args.key:
         return _usage("--key BASE64 is needed to verify the server")

@@ -43,9 +43,8 @@ from ..proto.roughtime.client import (
     verify_response,
 )
 from ..proto.roughtime.serverlist import ServerAddress, ServerEntry, decode_public_key
-from ..proto.roughtime.versions import CLIENT_VERSIONS, GOOGLE, RULES
+from ..proto.roughtime.versions import CLIENT_VERSIONS, DEFAULT_PORT, GOOGLE, RULES
 
-DEFAULT_PORT = 2002  # what most public servers use (RFC 10049's assignment not confirmed here)
 MAX_DATAGRAM = 4096
 
 Random = Callable[[int], bytes]

@@ -24,12 +24,12 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError, GnomonError, QueryTimeoutError
+from ..proto.roughtime.versions import DEFAULT_PORT as ROUGHTIME_PORT
 from ..proto.roughtime.versions import GOOGLE
 from ..proto.select import Interval, nts_interval, roughtime_interval
 from .ke import NTS_KE_PORT
 from .session import Session
 
-ROUGHTIME_PORT = 2002
 # realtime - monotonic moving more than this during one query means someone stepped
 # the system clock meanwhile: the answer cannot be placed on the monotonic clock.
 STEP_DURING_QUERY_NS = 50_000_000

@@ -23,6 +23,7 @@ from ..errors import ConfigError, KeProtocolError
 from ..proto.acl import Acl
 from ..proto.nts.aead import ALGORITHMS
 from ..proto.nts.ke import parse_server_name
+from ..proto.roughtime.versions import DEFAULT_PORT
 from .settings import SettingsTable, setting
 
 
@@ -215,7 +216,7 @@ class ServerConfig:
     )
     # [roughtime]
     roughtime: bool = setting("roughtime", "enabled", False)
-    roughtime_port: int = setting("roughtime", "port", 2002, minimum=0, maximum=65535)
+    roughtime_port: int = setting("roughtime", "port", DEFAULT_PORT, minimum=0, maximum=65535)
     roughtime_listen: tuple[str, ...] | None = setting(
         "roughtime",
         "listen",

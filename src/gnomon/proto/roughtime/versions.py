@@ -99,6 +99,10 @@ RULES: dict[int, Rules] = {
     ),
 }
 
+# UDP (and TCP) port: the one most public servers use. RFC 10049's IANA assignment could
+# not be confirmed here, so clients and the server default to this (README says so).
+DEFAULT_PORT = 2002
+
 CLIENT_VERSIONS = (VERSION_1, DRAFT_12, DRAFT_11, DRAFT_08)  # what a client offers by default
 SERVER_VERSIONS = (VERSION_1, DRAFT_12)  # what a gnomon server can answer
 
