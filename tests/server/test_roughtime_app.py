@@ -169,6 +169,14 @@ async def test_metrics_and_status_lines(pki: DemoPki, key_file: Path) -> None:
     assert "Roughtime:   answered 128, too_short 3" in text
     assert "4 batches signed (32.0 responses per batch)" in text
     assert "delegated for 2.0 h more" in text
+    # A Roughtime-only server has no cookies: no cookie-key line (an NTS server has one).
+    roughtime_only = {
+        "gnomon_roughtime_requests_total": {"answered": 1.0},
+        "gnomon_cookie_key_id": {"": 3.0},
+    }
+    assert "cookie keys" not in summarize(roughtime_only)
+    both = {**roughtime_only, "gnomon_ntp_requests_total": {"answered": 1.0}}
+    assert "cookie keys: key 3" in summarize(both)
 
 
 # --- gnomon serve, supervised, long-term key offline ----------------------------------------------

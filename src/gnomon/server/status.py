@@ -63,7 +63,7 @@ def summarize(values: dict[str, dict[str, float]]) -> str:
         hours = (delegation - time.time()) / 3600
         lines.append(f"Roughtime key: online key delegated for {hours:.1f} h more")
     key_id = one("gnomon_cookie_key_id")
-    if key_id is not None:
+    if key_id is not None and (ntp or ke or not roughtime):  # a Roughtime-only server has none
         age = one("gnomon_cookie_key_age_seconds") or 0.0
         reachable = one("gnomon_key_store_reachable")
         store = (
