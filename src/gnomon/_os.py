@@ -1,16 +1,21 @@
 """What the client and the server both need from the operating system: kernel
-receive timestamps on UDP sockets and files only their owner can read."""
+receive timestamps on UDP sockets and files only their owner can read.
+
+A query imports this module, so it stays light: no ``tempfile`` (which brings
+``shutil``, ``random`` and the compression modules) and no ``ctypes``
+(``adjtimex`` lives in :mod:`gnomon._timex`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import socket
 import struct
-import tempfile
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux value; 3.11 does not export it
 TIMESPEC = struct.Struct("@qq")
@@ -33,7 +38,7 @@ def write_private_file(path: Path, text: str, owner: tuple[int, int] | None = No
     the user a server runs as.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, temporary = _create_temporary(str(path.parent), path.name)
     try:
         if owner is not None and os.fstat(fd).st_uid != owner[0]:
             os.fchown(fd, *owner)
@@ -49,41 +54,16 @@ def write_private_file(path: Path, text: str, owner: tuple[int, int] | None = No
         raise
 
 
-class _Timeval(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_CREATE_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-class TimexStruct(ctypes.Structure):
-    """``struct timex`` of <sys/timex.h>, for adjtimex(2) (sync, and tests that read it)."""
-
-    _fields_ = [
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("constant", ctypes.c_long),
-        ("precision", ctypes.c_long),
-        ("tolerance", ctypes.c_long),
-        ("time", _Timeval),
-        ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long),
-        ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long),
-        ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long),
-        ("tai", ctypes.c_int),
-        ("_reserved", ctypes.c_int * 11),
-    ]
-
-
-def adjtimex_function() -> Any:
-    """libc's ``adjtimex`` (errno kept), typed for :class:`TimexStruct`."""
-    function = ctypes.CDLL(None, use_errno=True).adjtimex
-    function.argtypes = [ctypes.POINTER(TimexStruct)]
-    function.restype = ctypes.c_int
-    return function
+def _create_temporary(directory: str, name: str) -> tuple[int, str]:
+    """A new file ``.NAME.RANDOM`` in `directory`, mode 0600, as ``tempfile.mkstemp`` makes."""
+    for _ in range(100):
+        temporary = os.path.join(directory, f".{name}.{os.urandom(6).hex()}")
+        try:
+            return os.open(temporary, _CREATE_FLAGS, 0o600), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {directory}")

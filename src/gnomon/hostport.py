@@ -49,3 +49,10 @@ def split_host_port(spec: str, default_port: int | None) -> tuple[str, int | Non
 def join_host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 address in brackets: ``[::1]:4460``."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def lookup_name(host: str) -> str | bytes:
+    """`host` as given to ``getaddrinfo``: an ASCII name as bytes, which is what the
+    IDNA codec would make of it (importing that codec costs a query ~2 ms); a
+    malformed ASCII name then fails as unresolvable rather than as a UnicodeError."""
+    return host.encode("ascii") if host.isascii() else host

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._os import TimexStruct, adjtimex_function
+from ._timex import TimexStruct, adjtimex_function
 from .errors import GnomonError
 
 if TYPE_CHECKING:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-import ssl
 import threading
 import warnings
 from datetime import UTC, datetime
@@ -102,6 +101,8 @@ class TrustStore:
         """The operating system's CA bundle (cached for the process)."""
         with cls._system_lock:
             if cls._system is None:
+                import ssl  # only where the bundle is: a --ca query never imports it
+
                 paths = ssl.get_default_verify_paths()
                 candidates = [
                     paths.cafile,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple
 
-from gnomon._os import TimexStruct, adjtimex_function
+from gnomon._timex import TimexStruct, adjtimex_function
 
 # adjtimex status bits (include/uapi/linux/timex.h)
 STA_PLL = 0x0001

@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from OpenSSL import SSL
 
@@ -22,6 +20,11 @@ from ..hostport import NTS_KE_PORT as NTS_KE_PORT
 from ..proto.nts.client import DEFAULT_AEADS, KeExchange, keys_from_response
 from ..proto.nts.ke import KeResponse
 from ..tls import ALPN_NTSKE, TlsEngine, TrustStore, client_context
+
+TYPE_CHECKING = False  # a blocking query imports neither asyncio nor typing
+if TYPE_CHECKING:
+    import asyncio
+    from datetime import datetime
 
 NTP_PORT = 123
 
@@ -193,6 +196,8 @@ async def ake_exchange(
     verify_time: datetime | None = None,
 ) -> KeResult:
     """The asyncio twin of :func:`ke_exchange`."""
+    import asyncio  # here: a blocking query need not pay for importing asyncio
+
     writer: asyncio.StreamWriter | None = None
     try:
         with _failures(host, port, timeout):

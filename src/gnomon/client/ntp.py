@@ -24,6 +24,7 @@ from ..errors import (
     QueryTimeoutError,
     ResponseMismatchError,
 )
+from ..hostport import lookup_name
 from ..proto.nts.aead import algorithm
 from ..proto.nts.client import Association, PendingRequest, Sample
 from ..proto.nts.fields import UNIQUE_ID_LEN
@@ -115,7 +116,7 @@ class UdpExchange:
 
 
 def resolve(host: str, port: int) -> tuple[int, tuple[str, int]]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    infos = socket.getaddrinfo(lookup_name(host), port, type=socket.SOCK_DGRAM)
     if not infos:
         raise GnomonError(f"cannot resolve {host}")
     family, _, _, _, address = infos[0]
