@@ -31,14 +31,15 @@ def timestamp_from_ancillary(ancillary: list[tuple[int, int, bytes]], default_ns
     return default_ns
 
 
-def write_private_file(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+def write_private_file(path: str | Path, text: str, owner: tuple[int, int] | None = None) -> None:
     """Write ``text`` to ``path`` atomically, readable by the owner only.
 
     ``owner`` (uid, gid) is given the file when this process, as root, writes it for
     the user a server runs as.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = _create_temporary(str(path.parent), path.name)
+    directory, name = os.path.split(os.fspath(path))
+    os.makedirs(directory or ".", exist_ok=True)
+    fd, temporary = _create_temporary(directory or ".", name)
     try:
         if owner is not None and os.fstat(fd).st_uid != owner[0]:
             os.fchown(fd, *owner)

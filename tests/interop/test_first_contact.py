@@ -94,8 +94,9 @@ def _gnomon(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 # Nothing a query answered from cookies uses (TLS, X.509, asyncio; the system CA
-# bundle's `ssl`; `tempfile`, `shutil` and the compression modules they bring; ctypes),
-# nor `gnomon --help`.
+# bundle's `ssl`; `tempfile`, `shutil` and the compression modules they bring; ctypes;
+# the NTS-KE record code; `dataclasses`, whose code generation cost more than a third
+# of such a query; pathlib, threading; cryptography's `ciphers` package), nor `--help`.
 HEAVY = (
     "OpenSSL",
     "cryptography.x509",
@@ -103,10 +104,15 @@ HEAVY = (
     "ssl",
     "gnomon.tls",
     "gnomon.client.ke",
+    "gnomon.proto.nts.ke",
     "tempfile",
     "shutil",
     "bz2",
     "ctypes",
+    "dataclasses",
+    "pathlib",
+    "threading",
+    "cryptography.hazmat.primitives.ciphers",
 )
 # A first query with --ca: TLS, but still no asyncio and no `ssl` (nor what they bring).
 NOT_IN_A_FIRST_QUERY = ("asyncio", "ssl", "concurrent.futures", "logging", "tempfile", "ctypes")

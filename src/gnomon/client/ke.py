@@ -11,10 +11,10 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from OpenSSL import SSL
 
+from .._frozen import Frozen
 from ..errors import GnomonError, KeProtocolError, QueryTimeoutError, TlsError
 from ..hostport import NTS_KE_PORT as NTS_KE_PORT
 from ..proto.nts.client import DEFAULT_AEADS, KeExchange, keys_from_response
@@ -38,15 +38,25 @@ def _client_context() -> SSL.Context:
     return _CONTEXT
 
 
-@dataclass(frozen=True, slots=True)
-class KeResult:
+class KeResult(Frozen):
     """Keys and cookies from one NTS-KE exchange, and where to send NTP."""
 
+    __slots__ = __match_args__ = ("response", "c2s", "s2c", "ntp_host", "ntp_port")
     response: KeResponse
     c2s: bytes
     s2c: bytes
     ntp_host: str
     ntp_port: int
+
+    def __init__(
+        self, response: KeResponse, c2s: bytes, s2c: bytes, ntp_host: str, ntp_port: int
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "response", response)
+        set_field(self, "c2s", c2s)
+        set_field(self, "s2c", s2c)
+        set_field(self, "ntp_host", ntp_host)
+        set_field(self, "ntp_port", ntp_port)
 
 
 class KeConnection:

@@ -12,8 +12,8 @@ import contextlib
 import os
 import socket
 import time
-from dataclasses import dataclass
 
+from .._frozen import Frozen
 from .._os import SO_TIMESTAMPNS, TIMESTAMP_ANCILLARY_SPACE, timestamp_from_ancillary
 from ..errors import (
     AuthenticationError,
@@ -32,11 +32,16 @@ from ..proto.nts.fields import UNIQUE_ID_LEN
 MAX_DATAGRAM = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
-    timeout: float = 5.0  # the whole exchange
-    retransmit: float = 1.0  # a new request (new cookie) after this long without an answer
-    nak_grace: float = 0.5  # after an NTS NAK, wait this long for a genuine answer (RFC 8915 5.7)
+class Timing(Frozen):
+    __slots__ = __match_args__ = ("timeout", "retransmit", "nak_grace")
+    timeout: float  # the whole exchange
+    retransmit: float  # a new request (new cookie) after this long without an answer
+    nak_grace: float  # after an NTS NAK, wait this long for a genuine answer (RFC 8915 5.7)
+
+    def __init__(self, timeout: float = 5.0, retransmit: float = 1.0, nak_grace: float = 0.5):
+        object.__setattr__(self, "timeout", timeout)
+        object.__setattr__(self, "retransmit", retransmit)
+        object.__setattr__(self, "nak_grace", nak_grace)
 
 
 def fresh_request(association: Association) -> tuple[bytes, PendingRequest]:
@@ -47,6 +52,9 @@ def fresh_request(association: Association) -> tuple[bytes, PendingRequest]:
         nonce=os.urandom(algorithm(association.aead_id).nonce_length),
         transmit_ts=int.from_bytes(os.urandom(8)),
     )
+
+
+DEFAULT_TIMING = Timing()
 
 
 class UdpExchange:
@@ -138,7 +146,7 @@ def receive_with_timestamp(sock: socket.socket) -> tuple[bytes, int]:
 
 
 def ntp_exchange(
-    association: Association, host: str, port: int, timing: Timing = Timing()
+    association: Association, host: str, port: int, timing: Timing = DEFAULT_TIMING
 ) -> tuple[Sample, tuple[str, int]]:
     """One authenticated sample from ``host``, retransmitting as needed."""
     try:
@@ -168,7 +176,7 @@ def ntp_exchange(
 
 
 async def antp_exchange(
-    association: Association, host: str, port: int, timing: Timing = Timing()
+    association: Association, host: str, port: int, timing: Timing = DEFAULT_TIMING
 ) -> tuple[Sample, tuple[str, int]]:
     """The asyncio twin of :func:`ntp_exchange`."""
     import asyncio  # here: the blocking client need not pay for importing asyncio

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
+import os
+from _thread import allocate_lock  # threading.Lock, without importing threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
+from .._frozen import Frozen
 from .._os import write_private_file
 from ..errors import CertificateError, GnomonError, NoCookiesError, NtsNakError
 from ..hostport import NTS_KE_PORT, join_host_port, split_host_port
@@ -27,9 +27,10 @@ from ..proto.nts.aead import aead_name
 from ..proto.nts.client import DEFAULT_AEADS, Association, Sample
 from .ntp import Timing, antp_exchange, ntp_exchange
 
-TYPE_CHECKING = False  # neither `typing` nor `datetime` is imported for a query
+TYPE_CHECKING = False  # neither `typing`, `datetime` nor `pathlib` is imported for a query
 if TYPE_CHECKING:
     from datetime import datetime
+    from pathlib import Path
     from typing import Any
 
     from ..tls import TrustStore
@@ -38,10 +39,31 @@ if TYPE_CHECKING:
 STATE_VERSION = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(Frozen):
     """One authenticated NTP measurement against an NTS server."""
 
+    __slots__ = __match_args__ = (
+        "server",
+        "address",
+        "port",
+        "offset",
+        "delay",
+        "stratum",
+        "leap",
+        "reference_id",
+        "root_delay",
+        "root_dispersion",
+        "precision",
+        "aead",
+        "cookies_left",
+        "key_exchange",
+        "server_time",
+        "authenticated",
+        "version",
+        "poll",
+        "receive_ns",
+        "transmit_ns",
+    )
     server: str  # the NTS-KE server asked, "host:port"
     address: str  # the NTP server's IP address
     port: int  # the NTP server's UDP port
@@ -57,11 +79,56 @@ class Result:
     cookies_left: int
     key_exchange: bool  # this query needed a new NTS-KE exchange
     server_time: float  # the server's time (Unix seconds) when the response arrived
-    authenticated: bool = True
-    version: int = 4  # the NTP version of the reply
-    poll: int = 0
-    receive_ns: int = 0  # the server's receive and transmit timestamps (Unix ns)
-    transmit_ns: int = 0
+    authenticated: bool
+    version: int  # the NTP version of the reply
+    poll: int
+    receive_ns: int  # the server's receive and transmit timestamps (Unix ns)
+    transmit_ns: int
+
+    def __init__(
+        self,
+        server: str,
+        address: str,
+        port: int,
+        offset: float,
+        delay: float,
+        stratum: int,
+        leap: int,
+        reference_id: str,
+        root_delay: float,
+        root_dispersion: float,
+        precision: int,
+        aead: int,
+        cookies_left: int,
+        key_exchange: bool,
+        server_time: float,
+        authenticated: bool = True,
+        version: int = 4,
+        poll: int = 0,
+        receive_ns: int = 0,
+        transmit_ns: int = 0,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "server", server)
+        set_field(self, "address", address)
+        set_field(self, "port", port)
+        set_field(self, "offset", offset)
+        set_field(self, "delay", delay)
+        set_field(self, "stratum", stratum)
+        set_field(self, "leap", leap)
+        set_field(self, "reference_id", reference_id)
+        set_field(self, "root_delay", root_delay)
+        set_field(self, "root_dispersion", root_dispersion)
+        set_field(self, "precision", precision)
+        set_field(self, "aead", aead)
+        set_field(self, "cookies_left", cookies_left)
+        set_field(self, "key_exchange", key_exchange)
+        set_field(self, "server_time", server_time)
+        set_field(self, "authenticated", authenticated)
+        set_field(self, "version", version)
+        set_field(self, "poll", poll)
+        set_field(self, "receive_ns", receive_ns)
+        set_field(self, "transmit_ns", transmit_ns)
 
     @property
     def aead_name(self) -> str:
@@ -73,7 +140,7 @@ class Result:
         return self.leap != 3 and 1 <= self.stratum < 16
 
     def as_dict(self) -> dict[str, object]:
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields: dict[str, object] = {name: getattr(self, name) for name in self._fields}
         fields["aead_name"] = self.aead_name
         fields["synchronized"] = self.synchronized
         return fields
@@ -116,11 +183,13 @@ def _result(
     )
 
 
-@dataclass
 class _ServerState:
-    association: Association
-    ntp_host: str
-    ntp_port: int
+    __slots__ = ("association", "ntp_host", "ntp_port")
+
+    def __init__(self, association: Association, ntp_host: str, ntp_port: int) -> None:
+        self.association = association
+        self.ntp_host = ntp_host
+        self.ntp_port = ntp_port
 
     def target(self, timing: Timing) -> tuple[Association, str, int, Timing]:
         return self.association, self.ntp_host, self.ntp_port, timing
@@ -154,14 +223,15 @@ def server_address(
     return host, port
 
 
-def _read_ca_file(path: Path) -> bytes:
+def _read_ca_file(path: str) -> bytes:
     """The CA file's bytes, refused now if unreadable or holding no PEM certificate.
 
     Parsing the certificates waits until an NTS-KE exchange needs them (it imports
     the X.509 machinery); a query served from cached cookies never does.
     """
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as exc:
         raise CertificateError(f"cannot read CA file {path}: {exc.strerror}") from None
     if b"-----BEGIN CERTIFICATE-----" not in data:
@@ -189,15 +259,22 @@ class Session:
         self.aeads = tuple(aeads)
         self.timeout = timeout
         self.timing = timing or Timing(timeout=timeout)
-        self._ca_file = Path(ca_file) if ca_file else None
+        self._ca_file = os.fspath(ca_file) if ca_file else None
         self._ca_pem = _read_ca_file(self._ca_file) if self._ca_file else None
         self._trust: TrustStore | None = None
         self._servers: dict[str, _ServerState] = {}
-        self._lock = threading.Lock()
-        self.state_file = Path(state_file) if state_file else None
+        self._lock = allocate_lock()
+        self._state_file = os.fspath(state_file) if state_file else None
         self.key_exchanges = 0
-        if self.state_file is not None:
-            self._load()
+        if self._state_file is not None:
+            self._load(self._state_file)
+
+    @property
+    def state_file(self) -> Path | None:
+        """Where the keys and cookies are kept between runs (None: in memory only)."""
+        from pathlib import Path  # only when asked: a query does not import pathlib
+
+        return Path(self._state_file) if self._state_file is not None else None
 
     @property
     def trust(self) -> TrustStore:
@@ -341,14 +418,14 @@ class Session:
             self._servers[key] = state
         return state
 
-    def _load(self) -> None:
-        assert self.state_file is not None
+    def _load(self, path: str) -> None:
         try:
-            document = json.loads(self.state_file.read_text())
+            with open(path, encoding="utf-8") as file:
+                document = json.loads(file.read())
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            raise GnomonError(f"cannot read session file {self.state_file}: {exc}") from None
+            raise GnomonError(f"cannot read session file {path}: {exc}") from None
         if not isinstance(document, dict) or document.get("version") != STATE_VERSION:
             return  # an unknown format costs one NTS-KE, nothing more
         try:
@@ -363,10 +440,10 @@ class Session:
                     association, str(entry["ntp_host"]), int(entry["ntp_port"])
                 )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise GnomonError(f"session file {self.state_file} is corrupt: {exc!r}") from None
+            raise GnomonError(f"session file {path} is corrupt: {exc!r}") from None
 
     def _save(self) -> None:
-        if self.state_file is None:
+        if self._state_file is None:
             return
         with self._lock:
             servers = {
@@ -381,12 +458,12 @@ class Session:
                 for key, s in self._servers.items()
             }
         write_private_file(
-            self.state_file, json.dumps({"version": STATE_VERSION, "servers": servers})
+            self._state_file, json.dumps({"version": STATE_VERSION, "servers": servers})
         )
 
 
 _default_session: Session | None = None
-_default_lock = threading.Lock()
+_default_lock = allocate_lock()
 
 
 def default_session() -> Session:

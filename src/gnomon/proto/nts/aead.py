@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
 
+try:
+    # The classes `cryptography.hazmat.primitives.ciphers.aead` re-exports, taken where
+    # it takes them: importing that module runs the `ciphers` package (the classic
+    # ciphers, modes, the decrepit ones), 7% of a query's start-up from cached cookies.
+    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+
+    AESGCMSIV = _rust_openssl.aead.AESGCMSIV
+    AESSIV = _rust_openssl.aead.AESSIV
+except (ImportError, AttributeError):  # a cryptography that keeps them elsewhere
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV, AESSIV
+
+from ..._frozen import Frozen
 from ...errors import AuthenticationError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 AES_SIV_CMAC_256 = 15
 AES_SIV_CMAC_384 = 16
@@ -27,8 +40,16 @@ S2C = 1
 MIN_NONCE_LEN = 16  # N_REQ of RFC 8915 section 5.6, capped at the algorithm's maximum
 
 
-@dataclass(frozen=True, slots=True)
-class AeadAlgorithm:
+class AeadAlgorithm(Frozen):
+    __match_args__ = (
+        "id",
+        "name",
+        "key_length",
+        "nonce_length",
+        "max_nonce_length",
+        "min_nonce_length",
+    )
+    __slots__ = (*__match_args__, "required_nonce_space")
     id: int
     name: str
     key_length: int
@@ -37,10 +58,25 @@ class AeadAlgorithm:
     min_nonce_length: int  # the shortest it takes
     # N_REQ (RFC 8915 5.6): the room an authenticator gives its nonce, padding included,
     # at least: 16 bytes, or N_MAX if that is less.
-    required_nonce_space: int = field(init=False)
+    required_nonce_space: int
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "required_nonce_space", min(MIN_NONCE_LEN, self.max_nonce_length))
+    def __init__(
+        self,
+        id: int,
+        name: str,
+        key_length: int,
+        nonce_length: int,
+        max_nonce_length: int,
+        min_nonce_length: int,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "id", id)
+        set_field(self, "name", name)
+        set_field(self, "key_length", key_length)
+        set_field(self, "nonce_length", nonce_length)
+        set_field(self, "max_nonce_length", max_nonce_length)
+        set_field(self, "min_nonce_length", min_nonce_length)
+        set_field(self, "required_nonce_space", min(MIN_NONCE_LEN, max_nonce_length))
 
 
 ALGORITHMS: dict[int, AeadAlgorithm] = {

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
+from ..._frozen import Frozen
 from ...errors import (
     AuthenticationError,
     KissOfDeathError,
@@ -30,15 +30,7 @@ from .fields import (
     open_authenticator,
     parse_encrypted_fields,
 )
-from .ke import (
-    MAX_COOKIE_LEN,
-    MAX_COOKIES,
-    MIN_COOKIE_LEN,
-    KeResponse,
-    RecordStream,
-    build_request,
-    parse_response,
-)
+from .limits import MAX_COOKIE_LEN, MAX_COOKIES, MIN_COOKIE_LEN
 from .ntp import (
     MAX_PACKET_LEN,
     MODE_CLIENT,
@@ -48,6 +40,10 @@ from .ntp import (
     ntp_to_unix_ns,
     short_to_seconds,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .ke import KeResponse
 
 DEFAULT_AEADS: tuple[int, ...] = (AES_128_GCM_SIV, AES_SIV_CMAC_256)
 """AES-128-GCM-SIV first: smaller cookies, so requests stay short (as chrony does)."""
@@ -70,6 +66,8 @@ class KeExchange:
         server: str | None = None,
         port: int | None = None,
     ) -> None:
+        from .ke import RecordStream, build_request  # the KE record code: only for KE
+
         self.aeads = tuple(aeads)
         self._request = build_request(self.aeads, server=server, port=port)
         self._stream = RecordStream()
@@ -78,6 +76,8 @@ class KeExchange:
         return self._request
 
     def receive_data(self, data: bytes) -> KeResponse | None:
+        from .ke import parse_response
+
         records = self._stream.feed(data)
         return None if records is None else parse_response(records, self.aeads)
 
@@ -99,19 +99,38 @@ def keys_from_response(response: KeResponse, exporter: Exporter) -> tuple[bytes,
     return derive_keys(exporter, response.aead, compliant=compliant)
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRequest:
+class PendingRequest(Frozen):
     """What is needed to match and check the response to one request."""
 
+    __slots__ = __match_args__ = ("unique_id", "transmit_ts", "placeholders")
     unique_id: bytes
     transmit_ts: int  # the value sent as transmit timestamp, echoed as origin
     placeholders: int
 
+    def __init__(self, unique_id: bytes, transmit_ts: int, placeholders: int) -> None:
+        object.__setattr__(self, "unique_id", unique_id)
+        object.__setattr__(self, "transmit_ts", transmit_ts)
+        object.__setattr__(self, "placeholders", placeholders)
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+
+class Sample(Frozen):
     """One authenticated exchange, times in nanoseconds (offset: server - local)."""
 
+    __slots__ = __match_args__ = (
+        "offset_ns",
+        "delay_ns",
+        "leap",
+        "version",
+        "stratum",
+        "poll",
+        "precision",
+        "reference_id",
+        "root_delay",
+        "root_dispersion",
+        "receive_ns",
+        "transmit_ns",
+        "new_cookies",
+    )
     offset_ns: int
     delay_ns: int
     leap: int
@@ -125,6 +144,37 @@ class Sample:
     receive_ns: int
     transmit_ns: int
     new_cookies: int
+
+    def __init__(
+        self,
+        offset_ns: int,
+        delay_ns: int,
+        leap: int,
+        version: int,
+        stratum: int,
+        poll: int,
+        precision: int,
+        reference_id: bytes,
+        root_delay: float,
+        root_dispersion: float,
+        receive_ns: int,
+        transmit_ns: int,
+        new_cookies: int,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "offset_ns", offset_ns)
+        set_field(self, "delay_ns", delay_ns)
+        set_field(self, "leap", leap)
+        set_field(self, "version", version)
+        set_field(self, "stratum", stratum)
+        set_field(self, "poll", poll)
+        set_field(self, "precision", precision)
+        set_field(self, "reference_id", reference_id)
+        set_field(self, "root_delay", root_delay)
+        set_field(self, "root_dispersion", root_dispersion)
+        set_field(self, "receive_ns", receive_ns)
+        set_field(self, "transmit_ns", transmit_ns)
+        set_field(self, "new_cookies", new_cookies)
 
 
 def compute_offset_delay(t1: int, t2: int, t3: int, t4: int) -> tuple[int, int]:

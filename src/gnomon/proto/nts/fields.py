@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 
+from ..._frozen import Frozen
 from ...errors import AuthenticationError, NtpFormatError
 from ..wire import pad4
 from .aead import MIN_NONCE_LEN, TAG_LENGTH, Aead
@@ -121,15 +121,36 @@ def parse_encrypted_fields(plaintext: bytes) -> tuple[ExtensionField, ...]:
     return fields
 
 
-@dataclass(frozen=True, slots=True)
-class NtsFields:
+class NtsFields(Frozen):
     """The NTS fields of a packet, located, not yet verified."""
 
+    __slots__ = __match_args__ = (
+        "unique_id",
+        "cookie",
+        "placeholder_lengths",
+        "authenticator_offset",
+        "authenticator_end",
+    )
     unique_id: bytes | None
     cookie: bytes | None
     placeholder_lengths: tuple[int, ...]  # of their bodies
     authenticator_offset: int | None
     authenticator_end: int | None
+
+    def __init__(
+        self,
+        unique_id: bytes | None,
+        cookie: bytes | None,
+        placeholder_lengths: tuple[int, ...],
+        authenticator_offset: int | None,
+        authenticator_end: int | None,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "unique_id", unique_id)
+        set_field(self, "cookie", cookie)
+        set_field(self, "placeholder_lengths", placeholder_lengths)
+        set_field(self, "authenticator_offset", authenticator_offset)
+        set_field(self, "authenticator_end", authenticator_end)
 
 
 def locate_nts_fields(packet: bytes) -> NtsFields:

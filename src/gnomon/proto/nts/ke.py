@@ -8,23 +8,22 @@ rules to a complete message.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 
+from ..._frozen import Frozen
 from ...errors import KeProtocolError, KeServerError, NegotiationError
 from .aead import ALGORITHMS, NEXT_PROTOCOL_NTPV4
+from .limits import MAX_COOKIE_LEN as MAX_COOKIE_LEN
+from .limits import MAX_COOKIES as MAX_COOKIES
+from .limits import MIN_COOKIE_LEN as MIN_COOKIE_LEN
 
 CRITICAL = 0x8000
 _RECORD_HEADER = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 
 MAX_MESSAGE_LEN = 16384  # chrony's limit; a response with 8 cookies needs ~1 KiB
-MAX_COOKIE_LEN = 256
-MIN_COOKIE_LEN = 16
-MAX_COOKIES = 8
 MAX_SERVER_NAME_LEN = 255
 
 
@@ -49,11 +48,16 @@ class ErrorCode(IntEnum):
 KNOWN_TYPES = frozenset(int(t) for t in RecordType)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(Frozen):
+    __slots__ = __match_args__ = ("type", "body", "critical")
     type: int
-    body: bytes = b""
-    critical: bool = False
+    body: bytes
+    critical: bool
+
+    def __init__(self, type: int, body: bytes = b"", critical: bool = False) -> None:
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "body", body)
+        object.__setattr__(self, "critical", critical)
 
     def encode(self) -> bytes:
         if len(self.body) > 0xFFFF:
@@ -169,16 +173,40 @@ def build_request(
     return encode_records(records)
 
 
-@dataclass(frozen=True, slots=True)
-class KeResponse:
+class KeResponse(Frozen):
     """What a server's NTS-KE response negotiated."""
 
+    __slots__ = __match_args__ = (
+        "aead",
+        "cookies",
+        "server",
+        "port",
+        "compliant_gcm_siv",
+        "warnings",
+    )
     aead: int
     cookies: tuple[bytes, ...]
-    server: str | None = None
-    port: int | None = None
-    compliant_gcm_siv: bool = False  # the server echoed record 1024
-    warnings: tuple[int, ...] = ()
+    server: str | None
+    port: int | None
+    compliant_gcm_siv: bool  # the server echoed record 1024
+    warnings: tuple[int, ...]
+
+    def __init__(
+        self,
+        aead: int,
+        cookies: tuple[bytes, ...],
+        server: str | None = None,
+        port: int | None = None,
+        compliant_gcm_siv: bool = False,
+        warnings: tuple[int, ...] = (),
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "aead", aead)
+        set_field(self, "cookies", cookies)
+        set_field(self, "server", server)
+        set_field(self, "port", port)
+        set_field(self, "compliant_gcm_siv", compliant_gcm_siv)
+        set_field(self, "warnings", warnings)
 
 
 def parse_server_name(body: bytes) -> str:
@@ -190,6 +218,8 @@ def parse_server_name(body: bytes) -> str:
         raise KeProtocolError("NTPv4 Server record is not ASCII") from None
     if not name.isprintable() or " " in name:
         raise KeProtocolError("NTPv4 Server record holds an invalid name")
+    import ipaddress  # here: a query from cached cookies does not import it
+
     try:
         ipaddress.ip_address(name)
     except ValueError:
@@ -279,15 +309,30 @@ def parse_response(records: Sequence[Record], offered_aeads: Sequence[int]) -> K
 # --- server side -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class KeRequest:
+class KeRequest(Frozen):
     """What a client's NTS-KE request asked for."""
 
+    __slots__ = __match_args__ = ("protocols", "aeads", "server", "port", "compliant_gcm_siv")
     protocols: tuple[int, ...]
     aeads: tuple[int, ...]
-    server: str | None = None
-    port: int | None = None
-    compliant_gcm_siv: bool = False
+    server: str | None
+    port: int | None
+    compliant_gcm_siv: bool
+
+    def __init__(
+        self,
+        protocols: tuple[int, ...],
+        aeads: tuple[int, ...],
+        server: str | None = None,
+        port: int | None = None,
+        compliant_gcm_siv: bool = False,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "protocols", protocols)
+        set_field(self, "aeads", aeads)
+        set_field(self, "server", server)
+        set_field(self, "port", port)
+        set_field(self, "compliant_gcm_siv", compliant_gcm_siv)
 
 
 class KeRequestError(Exception):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
+from ..._frozen import Frozen
 from ...errors import NtpFormatError
 from .scan import EF_HEADER, MIN_EF_LEN, PROBLEMS, scan_fields
 
@@ -61,23 +61,68 @@ def seconds_to_short(seconds: float) -> int:
     return max(0, min(0xFFFFFFFF, round(seconds * 65536.0)))
 
 
-@dataclass(frozen=True, slots=True)
-class NtpHeader:
+class NtpHeader(Frozen):
     """The 48-byte NTP header. Timestamps and short values in wire form."""
 
-    leap: int = LEAP_NONE
-    version: int = 4
-    mode: int = MODE_CLIENT
-    stratum: int = 0
-    poll: int = 0
-    precision: int = 0
-    root_delay: int = 0
-    root_dispersion: int = 0
-    reference_id: bytes = b"\x00\x00\x00\x00"
-    reference_ts: int = 0
-    origin_ts: int = 0
-    receive_ts: int = 0
-    transmit_ts: int = 0
+    __slots__ = __match_args__ = (
+        "leap",
+        "version",
+        "mode",
+        "stratum",
+        "poll",
+        "precision",
+        "root_delay",
+        "root_dispersion",
+        "reference_id",
+        "reference_ts",
+        "origin_ts",
+        "receive_ts",
+        "transmit_ts",
+    )
+    leap: int
+    version: int
+    mode: int
+    stratum: int
+    poll: int
+    precision: int
+    root_delay: int
+    root_dispersion: int
+    reference_id: bytes
+    reference_ts: int
+    origin_ts: int
+    receive_ts: int
+    transmit_ts: int
+
+    def __init__(
+        self,
+        leap: int = LEAP_NONE,
+        version: int = 4,
+        mode: int = MODE_CLIENT,
+        stratum: int = 0,
+        poll: int = 0,
+        precision: int = 0,
+        root_delay: int = 0,
+        root_dispersion: int = 0,
+        reference_id: bytes = b"\x00\x00\x00\x00",
+        reference_ts: int = 0,
+        origin_ts: int = 0,
+        receive_ts: int = 0,
+        transmit_ts: int = 0,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "leap", leap)
+        set_field(self, "version", version)
+        set_field(self, "mode", mode)
+        set_field(self, "stratum", stratum)
+        set_field(self, "poll", poll)
+        set_field(self, "precision", precision)
+        set_field(self, "root_delay", root_delay)
+        set_field(self, "root_dispersion", root_dispersion)
+        set_field(self, "reference_id", reference_id)
+        set_field(self, "reference_ts", reference_ts)
+        set_field(self, "origin_ts", origin_ts)
+        set_field(self, "receive_ts", receive_ts)
+        set_field(self, "transmit_ts", transmit_ts)
 
     def encode(self) -> bytes:
         return HEADER.pack(
@@ -135,13 +180,17 @@ class NtpHeader:
         return self.reference_id.rstrip(b"\x00").decode("ascii", "replace")
 
 
-@dataclass(frozen=True, slots=True)
-class ExtensionField:
+class ExtensionField(Frozen):
     """One extension field. ``body`` is everything after the 4-byte header,
     padding included when parsed; :meth:`encode` pads it as RFC 7822 asks."""
 
+    __slots__ = __match_args__ = ("type", "body")
     type: int
     body: bytes
+
+    def __init__(self, type: int, body: bytes) -> None:
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "body", body)
 
     def encode(self, min_length: int = MIN_EF_LEN) -> bytes:
         length = max(min_length, 4 + len(self.body))
@@ -153,18 +202,31 @@ def encode_extension_field(ef_type: int, body: bytes) -> bytes:
     return ExtensionField(ef_type, body).encode()
 
 
-@dataclass(frozen=True, slots=True)
-class NtpPacket:
+class NtpPacket(Frozen):
     """A whole NTP packet: header, extension fields, and a legacy MAC if any.
 
     ``offsets[i]`` is where extension field ``i`` starts in the packet (the
-    NTS authenticator covers the bytes before it).
+    NTS authenticator covers the bytes before it); packets compare without them.
     """
 
+    __slots__ = __match_args__ = ("header", "extensions", "mac", "offsets")
+    _compared = ("header", "extensions", "mac")
     header: NtpHeader
-    extensions: tuple[ExtensionField, ...] = ()
-    mac: bytes | None = None
-    offsets: tuple[int, ...] = field(default=(), compare=False)
+    extensions: tuple[ExtensionField, ...]
+    mac: bytes | None
+    offsets: tuple[int, ...]
+
+    def __init__(
+        self,
+        header: NtpHeader,
+        extensions: tuple[ExtensionField, ...] = (),
+        mac: bytes | None = None,
+        offsets: tuple[int, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "header", header)
+        object.__setattr__(self, "extensions", extensions)
+        object.__setattr__(self, "mac", mac)
+        object.__setattr__(self, "offsets", offsets)
 
     def encode(self) -> bytes:
         return build_packet(self.header, (ef.encode() for ef in self.extensions), self.mac)
