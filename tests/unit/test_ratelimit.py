@@ -317,7 +317,9 @@ def test_invalid_configuration() -> None:
         {"max_leak_rate": 0.0},
     ):
         with pytest.raises(ValueError):
-            RateLimiter(**kwargs)
+            limiter(**kwargs)
+    with pytest.raises(ValueError, match="random source"):
+        RateLimiter(leak=2)
 
 
 # -- NTS-KE -----------------------------------------------------------------

@@ -13,8 +13,8 @@ victim completely; a global cap (``max_leak_rate``) bounds how many leaked
 answers leave the server per second in total, however many addresses a flood
 uses.
 
-Time is monotonic seconds supplied by the caller; randomness comes from an
-injectable :class:`random.Random`.
+Time is monotonic seconds supplied by the caller; randomness comes from the
+:class:`random.Random` the caller passes (needed only when the limiter leaks).
 
 Implementation
 --------------
@@ -126,6 +126,11 @@ class RateLimitCounters:
         return dict(vars(self))
 
 
+def _never_leak() -> float:
+    """The random draw of a limiter that never leaks (``leak=0``): never called."""
+    return 1.0
+
+
 class RateLimiter:
     """Token buckets per address prefix; see the module documentation.
 
@@ -210,7 +215,9 @@ class RateLimiter:
         self._keys_size = min(max_entries, 4096)
         self._leak_p = 0.5**leak if leak else 0.0
         self._leak_verdict = KISS if kod else ALLOW
-        self._random = (rng if rng is not None else random.Random()).random
+        if leak and rng is None:
+            raise ValueError("a rate limit that leaks needs a random source (rng)")
+        self._random = rng.random if rng is not None else _never_leak
         # The global leak cap is one more GCRA bucket: one second's worth of burst.
         if max_leak_rate is None:
             self._leak_spacing = 0.0

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import pwd
+import random
 import signal
 import socket
 import threading
@@ -121,6 +122,7 @@ class Server:
                 config.ntp_rate_interval,
                 config.ntp_rate_burst,
                 max_entries=config.ntp_rate_max_clients,
+                rng=random.Random(),  # seeded from the OS: leaked kisses unpredictable
             )
         self.ntp_admission = Admission(self.acl, self.ntp_limiter)
         self.certificates: CertificateSource | None = None

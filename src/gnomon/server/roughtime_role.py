@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 
@@ -66,6 +67,7 @@ class RoughtimeRole:
                 config.roughtime_rate_burst,
                 kod=False,
                 max_entries=config.ntp_rate_max_clients,
+                rng=random.Random(),  # seeded from the OS: leaked answers unpredictable
             )
         self.admission = Admission(acl, self.limiter)
         now = int(time.time())
