@@ -24,8 +24,8 @@ PEERS_DIR="$PWD/.peers"
 DEBS_DIR="$PEERS_DIR/debs"
 NTPSEC_DIR="$PEERS_DIR/ntpsec"
 CHRONY_DIR="$PEERS_DIR/chrony"
-NTPSEC_PKGS=(ntpsec python3-ntp)
-CHRONY_PKGS=(chrony)
+NTPSEC_DEBS=(ntpsec python3-ntp)
+CHRONY_DEBS=(chrony)
 SYSTEM_PKGS=(redis-server iproute2 util-linux)
 
 log() { printf 'install-peers: %s\n' "$*" >&2; }
@@ -170,8 +170,8 @@ unpack() {
     log "${*} unpacked into $dir"
 }
 
-unpack "$CHRONY_DIR" usr/sbin/chronyd "${CHRONY_PKGS[@]}"
-unpack "$NTPSEC_DIR" usr/sbin/ntpd "${NTPSEC_PKGS[@]}"
+unpack "$CHRONY_DIR" usr/sbin/chronyd "${CHRONY_DEBS[@]}"
+unpack "$NTPSEC_DIR" usr/sbin/ntpd "${NTPSEC_DEBS[@]}"
 # ntp/ntpc.py looks for libntpc.so next to itself first.
 ln -sf ../../../../lib/x86_64-linux-gnu/ntp/libntpc.so \
     "$NTPSEC_DIR/usr/lib/python3/dist-packages/ntp/libntpc.so"
