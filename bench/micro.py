@@ -8,7 +8,9 @@ nobody waits on), with ``--profile SCENARIO`` prints a cProfile of that
 scenario, and with ``--baseline SRC`` (another checkout's root) times that
 tree's responder and cookie codec in the same process, alternating with this
 one's over ``--rounds`` rounds, so both see the same machine (A/B on a busy
-host: compare the two columns, not figures of different runs).
+host: compare the two columns, not figures of different runs); with
+``--callgrind`` too it compares valgrind instruction counts per respond, which
+do not move with the machine's load.
 Requests are built the way the bench's load generator gets them: gnomon's
 client (``Association.build_request``) from cookies sealed by a CookieCodec,
 with ``--sessions`` distinct key sets (default 16, as bench/run.py).
@@ -23,7 +25,10 @@ import importlib.util
 import inspect
 import os
 import pstats
+import re
+import subprocess
 import sys
+import tempfile
 import time
 import timeit
 from collections.abc import Callable
@@ -204,6 +209,7 @@ class Tree:
         self.cookie = importlib.import_module(f"{package}.proto.nts.cookie")
         self.server = importlib.import_module(f"{package}.proto.nts.ntp_server")
         self.client = importlib.import_module(f"{package}.proto.nts.client")
+        self.package = package
         self.codec = self.cookie.CookieCodec(self.cookie.CookieKey(1, os.urandom(16)))
         self._seeded = "seed" in inspect.signature(self.server.NtpResponder).parameters
         # seal_reply's last argument: the reply's unique input now, the time before.
@@ -285,6 +291,80 @@ def compare(trees: list[Tree], sessions: int, count: int, rounds: int) -> None:
         show(name, best)
 
 
+def respond_loops(tree: Tree, scenario: str, sessions: int, count: int, loops: int) -> None:
+    """``loops`` passes of ``tree``'s responder over ``count`` requests (run under valgrind)."""
+    responder, packets = tree.responder(), tree.requests(scenario, sessions, count)
+    respond, now, clock = responder.respond, time.time_ns(), time.time_ns
+    for _ in range(loops):
+        for packet in packets:
+            respond(packet, now, clock)
+
+
+def drain_loops(tree: Tree, scenario: str, sessions: int, count: int, loops: int) -> None:
+    """``loops`` passes of ``count`` requests through ``tree``'s whole NTP service path
+    (``NtpService.drain``: recvmmsg, the responder, sendmmsg) on loopback, 64 at a time."""
+    import socket
+
+    ntp = importlib.import_module(f"{tree.package}.server.ntp")
+    server = ntp.open_ntp_socket("127.0.0.1", 0)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    responder = tree.responder()
+    service = ntp.NtpService(responder, server)
+    packets, address = tree.requests(scenario, sessions, count), server.getsockname()
+    counters = responder.counters
+    for _ in range(loops):
+        for at in range(0, count, 64):
+            chunk = packets[at : at + 64]
+            goal = counters.plain + counters.nts + len(chunk)
+            for packet in chunk:
+                client.sendto(packet, address)
+            while counters.plain + counters.nts < goal:
+                service.drain()
+            for _ in chunk:
+                client.recv(4096)
+
+
+def instructions(scenario: str, baseline: Path | None, count: int, low: int, high: int) -> float:
+    """Instructions per respond: (Ir at ``high`` loops - Ir at ``low``) / the responds between,
+    so imports and set-up cancel out. Counts do not depend on the machine's load."""
+    counts = []
+    for loops in (low, high):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "callgrind.out"
+            command = [sys.executable, __file__, "--ir-run", scenario, str(loops)]
+            command += ["--requests", str(count)]
+            if baseline is not None:
+                command += ["--baseline", str(baseline)]
+            subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
+                check=True,
+                capture_output=True,
+                env={**os.environ, "PYTHONHASHSEED": "0"},  # both runs import alike
+            )
+            summary = re.search(r"^summary: (\d+)", out.read_text(), re.M)
+            assert summary is not None
+            counts.append(int(summary.group(1)))
+    return (counts[1] - counts[0]) / ((high - low) * count)
+
+
+def compare_instructions(baseline: Path, count: int) -> None:
+    """Per reply: the responder alone, then the whole service path (``drain:``), which
+    is what bench/run.py's CPU per reply measures apart from the kernel (the same for
+    both trees)."""
+    print("A/B, valgrind instructions per reply (Ir; independent of the machine's load):")
+    print(f"  {'':28s}{'baseline':>14s}{'this tree':>14s}     ratio")
+    for part in ("respond", "drain"):
+        for scenario in SCENARIOS:
+            name = f"{part}:{scenario}"
+            before = instructions(name, baseline, count, 1, 3)
+            after = instructions(name, None, count, 1, 3)
+            print(f"  {part} {scenario:20s}{before:14.0f}{after:14.0f}  {after / before:8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per scenario")
@@ -295,7 +375,20 @@ def main() -> None:
     parser.add_argument("--loop", action="store_true", help="also time the UDP loop")
     parser.add_argument("--baseline", type=Path, help="A/B against the checkout at this path")
     parser.add_argument("--rounds", type=int, default=40, help="A/B rounds")
+    parser.add_argument(
+        "--callgrind", action="store_true", help="A/B by instruction counts (with --baseline)"
+    )
+    parser.add_argument("--ir-run", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ir_run:
+        (part, scenario), loops = args.ir_run[0].split(":"), int(args.ir_run[1])
+        tree = load_baseline(args.baseline.resolve()) if args.baseline else Tree("this tree")
+        run = respond_loops if part == "respond" else drain_loops
+        run(tree, scenario, args.sessions, args.requests, loops)
+        return
+    if args.baseline and args.callgrind:
+        compare_instructions(args.baseline.resolve(), args.requests)
+        return
     if args.baseline:
         trees = [load_baseline(args.baseline.resolve()), Tree("this tree")]
         compare(trees, args.sessions, args.requests, args.rounds)

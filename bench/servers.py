@@ -262,9 +262,10 @@ def start_gnomon(
         "ke_rate_interval = 0.000001\n"
         "ke_rate_burst = 1000000\n"
     )
-    if "--roughtime-port" in options and source is None:
+    baseline_roughtime = source is not None and (source / "gnomon/server/roughtime.py").is_file()
+    if "--roughtime-port" in options and (source is None or baseline_roughtime):
         # Roughtime too (a worker of its own, idle in the NTS scenarios), with the same
-        # long-term key as roughly's server in this run.
+        # long-term key as roughly's server in this run (a baseline's too, if it has one).
         from gnomon.server.roughtime_keys import write_long_term_key
 
         key_file = directory / "roughtime.key"

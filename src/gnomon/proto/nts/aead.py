@@ -21,10 +21,6 @@ except (ImportError, AttributeError):  # a cryptography that keeps them elsewher
 from ..._frozen import Frozen
 from ...errors import AuthenticationError
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
-
 AES_SIV_CMAC_256 = 15
 AES_SIV_CMAC_384 = 16
 AES_SIV_CMAC_512 = 17
@@ -107,17 +103,22 @@ class Aead:
     """One key of one algorithm, with a uniform encrypt/decrypt signature.
 
     Building the underlying cipher costs more than one encryption, so keep an
-    ``Aead`` for as long as its key lives.
+    ``Aead`` for as long as its key lives. ``encrypt``/``decrypt`` take
+    ``(nonce, data, associated)`` whatever the algorithm; the per-packet paths
+    (:mod:`.fields`' authenticator opener and appender) call ``cipher`` directly,
+    in the argument order ``siv`` says: AES-SIV (RFC 5297) takes the nonce as the
+    last associated-data component, ``cipher.encrypt(data, [associated, nonce])``;
+    AES-GCM-SIV takes ``cipher.encrypt(nonce, data, associated)``.
     """
 
-    __slots__ = ("algorithm", "decrypt", "encrypt", "nonce_limits", "open")
+    __slots__ = ("algorithm", "cipher", "decrypt", "encrypt", "nonce_limits", "siv")
 
     encrypt: Callable[[bytes, bytes, bytes], bytes]
     decrypt: Callable[[bytes, bytes, bytes], bytes]  # raises AuthenticationError
-    # decrypt(nonce, ciphertext, associated) raising cryptography's InvalidTag, for a nonce
-    # whose length is within (shortest, longest, N_REQ) = ``nonce_limits``: the per-packet
-    # path, with no wrapper where the library's signature is already this one.
-    open: Callable[[bytes, bytes, bytes], bytes]
+    cipher: AESSIV | AESGCMSIV
+    siv: bool
+    # (shortest, longest, N_REQ): the nonce lengths the algorithm takes and the room an
+    # authenticator must give its nonce (RFC 8915 5.6).
     nonce_limits: tuple[int, int, int]
 
     def __init__(self, aead_id: int, key: bytes) -> None:
@@ -130,8 +131,9 @@ class Aead:
         if len(key) != self.algorithm.key_length:
             expected = self.algorithm.key_length
             raise ValueError(f"{self.algorithm.name} takes a {expected}-byte key, not {len(key)}")
-        if aead_id == AES_128_GCM_SIV:
-            gcm = AESGCMSIV(key)
+        self.siv = aead_id != AES_128_GCM_SIV
+        if not self.siv:
+            gcm = self.cipher = AESGCMSIV(key)
 
             def gcm_decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
                 if len(nonce) != 12:  # the only nonce length AES-GCM-SIV takes
@@ -141,23 +143,13 @@ class Aead:
                 except InvalidTag:
                     raise AuthenticationError("authenticator does not verify") from None
 
-            self.encrypt = gcm.encrypt  # the same signature: no wrapper per packet
+            self.encrypt = gcm.encrypt  # the same signature: no wrapper
             self.decrypt = gcm_decrypt
-            self.open = gcm.decrypt
         else:
-            siv = AESSIV(key)
+            siv = self.cipher = AESSIV(key)
 
-            # RFC 5297 / RFC 8915 5.6: the nonce is the last associated-data component.
-            # (The library's methods are bound as defaults: no lookups per packet.)
-            def siv_encrypt(
-                nonce: bytes, plaintext: bytes, associated: bytes, _encrypt: Any = siv.encrypt
-            ) -> bytes:
-                return _encrypt(plaintext, [associated, nonce])  # type: ignore[no-any-return]
-
-            def siv_open(
-                nonce: bytes, ciphertext: bytes, associated: bytes, _decrypt: Any = siv.decrypt
-            ) -> bytes:
-                return _decrypt(ciphertext, [associated, nonce])  # type: ignore[no-any-return]
+            def siv_encrypt(nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+                return siv.encrypt(plaintext, [associated, nonce])
 
             def siv_decrypt(nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes:
                 try:
@@ -167,7 +159,6 @@ class Aead:
 
             self.encrypt = siv_encrypt
             self.decrypt = siv_decrypt
-            self.open = siv_open
 
 
 Exporter = Callable[[bytes, int, bytes], bytes]

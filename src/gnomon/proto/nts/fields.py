@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 
@@ -12,7 +13,6 @@ from ..wire import pad4
 from .aead import MIN_NONCE_LEN, TAG_LENGTH, Aead
 from .ntp import HEADER_LEN, ExtensionField, parse_extension_fields
 from .scan import (
-    EF_HEADER,
     EF_NTS_AUTHENTICATOR,
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
@@ -30,7 +30,11 @@ __all__ = [
     "MIN_NONCE_LEN",
     "MIN_UNIQUE_ID_LEN",
     "UNIQUE_ID_LEN",
+    "AuthenticatorAppender",
+    "AuthenticatorOpener",
     "NtsFields",
+    "authenticator_appender",
+    "authenticator_opener",
     "encode_authenticator",
     "locate_nts_fields",
     "open_authenticator",
@@ -41,65 +45,110 @@ MIN_UNIQUE_ID_LEN = 32
 UNIQUE_ID_LEN = 32
 MAX_UNIQUE_ID_LEN = 1024  # nothing legitimate sends more; bounds what a reply echoes
 
-_AUTH_HEADER = struct.Struct("!HH")
+_AUTH_HEADER = struct.Struct("!HH")  # nonce length, ciphertext length
 _unpack_auth_header = _AUTH_HEADER.unpack_from
+_AUTH_FIELD_HEAD = struct.Struct("!HHHH")  # field type and length, then _AUTH_HEADER
+
+
+# ``open_authenticator(packet, auth_at, auth_end) -> plaintext`` and
+# ``append_authenticator(nonce, plaintext, associated) -> associated + field``, for one key.
+AuthenticatorOpener = Callable[[bytes, int, int], bytes]
+AuthenticatorAppender = Callable[[bytes, bytes, bytes], bytes]
+
+
+def authenticator_appender(aead: Aead) -> AuthenticatorAppender:
+    """``append(nonce, plaintext, associated)``: ``associated`` (the packet up to the
+    field) followed by the NTS Authenticator and Encrypted Extension Fields field that
+    encrypts ``plaintext`` (encoded extension fields) under ``aead`` (RFC 8915 5.6).
+
+    The nonce and the ciphertext are each padded to four bytes, and a nonce shorter
+    than N_REQ is followed, after the ciphertext, by the padding that makes up the
+    difference. Built once per key: the server's reply path calls it per packet.
+    """
+    encrypt: Callable[..., bytes] = aead.cipher.encrypt  # in the order ``siv`` says
+    siv = aead.siv
+    required = aead.nonce_limits[2]
+    pack = _AUTH_FIELD_HEAD.pack
+
+    def append(nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
+        if siv:
+            ciphertext = encrypt(plaintext, [associated, nonce])
+        else:
+            ciphertext = encrypt(nonce, plaintext, associated)
+        nonce_len = len(nonce)
+        ciphertext_len = len(ciphertext)
+        if nonce_len & 3 or ciphertext_len & 3 or nonce_len < required:
+            nonce_pad = -nonce_len & 3
+            tail_pad = (-ciphertext_len & 3) + max(0, required - nonce_len - nonce_pad)
+            field_len = 8 + nonce_len + nonce_pad + ciphertext_len + tail_pad
+            head = pack(EF_NTS_AUTHENTICATOR, field_len, nonce_len, ciphertext_len)
+            return b"".join(
+                (associated, head, nonce, bytes(nonce_pad), ciphertext, bytes(tail_pad))
+            )
+        # No padding (a server's reply: its nonce is the algorithm's, its plaintext fields)
+        head = pack(EF_NTS_AUTHENTICATOR, 8 + nonce_len + ciphertext_len, nonce_len, ciphertext_len)
+        return b"".join((associated, head, nonce, ciphertext))
+
+    return append
 
 
 def encode_authenticator(
     aead: Aead, nonce: bytes, associated: bytes, plaintext: bytes = b""
 ) -> bytes:
-    """The NTS Authenticator and Encrypted Extension Fields field.
-
-    ``associated`` is the packet up to this field; ``plaintext`` the encoded
-    extension fields to encrypt.
-    """
-    ciphertext = aead.encrypt(nonce, plaintext, associated)
-    required = aead.algorithm.required_nonce_space
-    padded_nonce = pad4(len(nonce))
-    additional = max(0, required - padded_nonce)
-    body = b"".join(
-        (
-            _AUTH_HEADER.pack(len(nonce), len(ciphertext)),
-            nonce,
-            bytes(padded_nonce - len(nonce)),
-            ciphertext,
-            bytes(pad4(len(ciphertext)) - len(ciphertext) + additional),
-        )
-    )
-    return EF_HEADER.pack(EF_NTS_AUTHENTICATOR, 4 + len(body)) + body
+    """The NTS Authenticator and Encrypted Extension Fields field alone
+    (see :func:`authenticator_appender`)."""
+    return authenticator_appender(aead)(nonce, plaintext, associated)[len(associated) :]
 
 
-def open_authenticator(aead: Aead, packet: bytes, auth_at: int, auth_end: int) -> bytes:
-    """Verify the authenticator field at ``packet[auth_at:auth_end]`` (as located by
-    :func:`.scan.scan_fields`) and return its plaintext (RFC 8915 5.6).
+def authenticator_opener(aead: Aead) -> AuthenticatorOpener:
+    """``open(packet, auth_at, auth_end)``: verify the authenticator field at
+    ``packet[auth_at:auth_end]`` (as located by :func:`.scan.scan_fields`) under
+    ``aead`` and return its plaintext (RFC 8915 5.6).
 
     The field holds nonce and ciphertext lengths, then each padded to four bytes,
     a nonce shorter than N_REQ followed by padding making up the difference, all
     within the field. Raises AuthenticationError when it is malformed or does not
-    verify.
+    verify. Built once per key: the server's request path calls it per packet.
     """
-    nonce_len, ciphertext_len = _unpack_auth_header(packet, auth_at + 4)
+    decrypt: Callable[..., bytes] = aead.cipher.decrypt  # in the order ``siv`` says
+    siv = aead.siv
     shortest, longest, required = aead.nonce_limits
-    nonce_at = auth_at + 8
-    padded_nonce = (nonce_len + 3) & ~3
-    if (
-        not shortest <= nonce_len <= longest
-        or ciphertext_len < TAG_LENGTH
-        or nonce_at
-        + (padded_nonce if padded_nonce > required else required)
-        + ((ciphertext_len + 3) & ~3)
-        > auth_end
-    ):
-        raise AuthenticationError(_authenticator_problem(aead, nonce_len, ciphertext_len))
-    ciphertext_at = nonce_at + padded_nonce
-    try:
-        return aead.open(
-            packet[nonce_at : nonce_at + nonce_len],
-            packet[ciphertext_at : ciphertext_at + ciphertext_len],
-            packet[:auth_at],
-        )
-    except InvalidTag:
-        raise AuthenticationError("authenticator does not verify") from None
+    unpack = _unpack_auth_header
+
+    def open_(packet: bytes, auth_at: int, auth_end: int) -> bytes:
+        nonce_len, ciphertext_len = unpack(packet, auth_at + 4)
+        nonce_at = auth_at + 8
+        padded_nonce = (nonce_len + 3) & ~3
+        if (
+            not shortest <= nonce_len <= longest
+            or ciphertext_len < TAG_LENGTH
+            or nonce_at
+            + (padded_nonce if padded_nonce > required else required)
+            + ((ciphertext_len + 3) & ~3)
+            > auth_end
+        ):
+            raise AuthenticationError(_authenticator_problem(aead, nonce_len, ciphertext_len))
+        ciphertext_at = nonce_at + padded_nonce
+        try:
+            if siv:
+                return decrypt(
+                    packet[ciphertext_at : ciphertext_at + ciphertext_len],
+                    [packet[:auth_at], packet[nonce_at : nonce_at + nonce_len]],
+                )
+            return decrypt(
+                packet[nonce_at : nonce_at + nonce_len],
+                packet[ciphertext_at : ciphertext_at + ciphertext_len],
+                packet[:auth_at],
+            )
+        except InvalidTag:
+            raise AuthenticationError("authenticator does not verify") from None
+
+    return open_
+
+
+def open_authenticator(aead: Aead, packet: bytes, auth_at: int, auth_end: int) -> bytes:
+    """:func:`authenticator_opener` for one packet."""
+    return authenticator_opener(aead)(packet, auth_at, auth_end)
 
 
 def _authenticator_problem(aead: Aead, nonce_len: int, ciphertext_len: int) -> str:

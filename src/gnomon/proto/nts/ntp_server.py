@@ -16,10 +16,12 @@ from ...errors import AuthenticationError, NtpFormatError
 from .aead import TAG_LENGTH, Aead
 from .cookie import RANDOM_LEN, CookieCodec, split_plaintext
 from .fields import (
-    EF_NTS_AUTHENTICATOR,
     EF_NTS_COOKIE_PLACEHOLDER,
     MIN_UNIQUE_ID_LEN,
-    open_authenticator,
+    AuthenticatorAppender,
+    AuthenticatorOpener,
+    authenticator_appender,
+    authenticator_opener,
     parse_encrypted_fields,
 )
 from .ke import (
@@ -65,12 +67,10 @@ class NtpCounters:
         return dict(vars(self))
 
 
-_AUTH_HEAD = struct.Struct("!HHHH")  # field type, field length, nonce length, ciphertext length
 # leap/version/mode, stratum, poll, precision..reference timestamp (packed once), origin,
 # receive and transmit timestamps
 _REPLY_HEAD = struct.Struct("!BBB21s8sQQ")
 _pack_reply_head = _REPLY_HEAD.pack
-_pack_auth_head = _AUTH_HEAD.pack
 _NS = 1_000_000_000
 _NTP_EPOCH = 2_208_988_800 << 32  # 1900 to 1970, in NTP's 32.32 fixed point
 _MASK64 = (1 << 64) - 1
@@ -86,10 +86,11 @@ def _ntp_time(unix_ns: int) -> int:
     return ((unix_ns << 32) // _NS + _NTP_EPOCH) & _MASK64
 
 
-# What the responder keeps per cookie plaintext (AEAD id, C2S, S2C): the C2S key's Aead
-# (requests are checked with it), the S2C key's encrypt, the reply nonce's length and the
-# length of the smallest reply (header, authenticator with its nonce and tag; no uid).
-_Session = tuple[Aead, Callable[[bytes, bytes, bytes], bytes], int, int]
+# What the responder keeps per cookie plaintext (AEAD id, C2S, S2C): the C2S key's
+# authenticator opener (requests are checked with it), the S2C key's appender, the reply
+# nonce's length and the length of the smallest reply (header, authenticator with its nonce
+# and tag; no uid).
+_Session = tuple[AuthenticatorOpener, AuthenticatorAppender, int, int]
 
 
 def _new_session(plain: bytes) -> _Session | None:
@@ -104,7 +105,12 @@ def _new_session(plain: bytes) -> _Session | None:
     aead_id, c2s, s2c = keys
     s2c_aead = Aead(aead_id, s2c)
     nonce_len = s2c_aead.algorithm.nonce_length
-    return Aead(aead_id, c2s), s2c_aead.encrypt, nonce_len, HEADER_LEN + 8 + nonce_len + TAG_LENGTH
+    return (
+        authenticator_opener(Aead(aead_id, c2s)),
+        authenticator_appender(s2c_aead),
+        nonce_len,
+        HEADER_LEN + 8 + nonce_len + TAG_LENGTH,
+    )
 
 
 class NtpResponder:
@@ -119,8 +125,8 @@ class NtpResponder:
     This is the per-packet path, written for CPU per reply (bench/README.md,
     "Profile"). The rules come from where the client takes them too: the
     fields are located in place by :func:`.scan.scan_fields` (offsets, no
-    objects), the authenticator is opened by :func:`.fields.open_authenticator`
-    through the session's :class:`.aead.Aead` (kept per cookie plaintext), the
+    objects), the request's authenticator is opened and the reply's appended by
+    the closures :mod:`.fields` builds per key (kept per cookie plaintext), the
     cookie's plaintext is checked by :func:`.cookie.split_plaintext`. Nothing
     is built but the reply, its length (and so how many cookies fit: no
     amplification) is computed before anything is sealed, and one BLAKE2b call
@@ -281,9 +287,9 @@ class NtpResponder:
             if len(self._sessions) >= _SESSION_LIMIT:
                 self._sessions.clear()
             self._sessions[plain] = session
-        c2s, encrypt, reply_nonce_len, smallest_reply = session
+        open_authenticator, append_authenticator, reply_nonce_len, smallest_reply = session
         try:
-            plaintext = open_authenticator(c2s, data, auth_at, auth_end)
+            plaintext = open_authenticator(data, auth_at, auth_end)
         except AuthenticationError:
             return self._nak(data, uid_at, uid_end, receive_ns, clock())
         # One cookie, plus one per placeholder no shorter than the cookie; we also insist
@@ -334,22 +340,8 @@ class NtpResponder:
             )
             + data[uid_at:uid_end]
         )
-        ciphertext = encrypt(nonce, fields, head)
-        ciphertext_len = len(ciphertext)  # a multiple of 4: cookie fields and the tag
         self.counters.nts += 1
-        return b"".join(
-            (
-                head,
-                _pack_auth_head(
-                    EF_NTS_AUTHENTICATOR,
-                    8 + reply_nonce_len + ciphertext_len,
-                    reply_nonce_len,
-                    ciphertext_len,
-                ),
-                nonce,
-                ciphertext,
-            )
-        )
+        return append_authenticator(nonce, fields, head)
 
     def _nak(
         self, data: bytes, uid_at: int, uid_end: int, receive_ns: int, transmit_ns: int

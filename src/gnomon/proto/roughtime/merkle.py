@@ -10,10 +10,20 @@ does (any rule works for the server, clients only walk the path they get).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...errors import RoughtimeFormatError, RoughtimeVerificationError
+
+# Nodes hash 65 bytes: CPython's own SHA-512 sets up in fewer instructions than OpenSSL's
+# EVP (valgrind: 5,800 against 7,300 per node hash), which wins from a kilobyte on (a leaf
+# over a whole request: 26,600 against 37,700).
+_node_sha512 = hashlib.sha512
+if not TYPE_CHECKING:
+    with contextlib.suppress(ImportError):  # a Python built without its own SHA-512
+        from _sha512 import sha512 as _node_sha512
 
 MAX_PATH = 32  # hashes; a tree of 2^32 leaves is far past any batch
 
@@ -29,7 +39,7 @@ def leaf_hash(data: bytes, size: int = 32) -> bytes:
 
 
 def node_hash(left: bytes, right: bytes, size: int = 32) -> bytes:
-    return hashlib.sha512(b"\x01" + left + right).digest()[:size]
+    return _node_sha512(b"\x01" + left + right).digest()[:size]
 
 
 def build_tree(leaves: Sequence[bytes], size: int = 32) -> tuple[bytes, list[bytes]]:
@@ -42,7 +52,7 @@ def build_tree(leaves: Sequence[bytes], size: int = 32) -> tuple[bytes, list[byt
     """
     if not leaves:
         raise ValueError("a Merkle tree needs at least one leaf")
-    sha512, node = hashlib.sha512, b"\x01"
+    sha512, node = _node_sha512, b"\x01"
     levels: list[list[bytes]] = []
     level = list(leaves)
     while len(level) > 1:
