@@ -60,8 +60,6 @@ from .udp import (
     IOVEC,
     MAX_REQUEST,
     MSG_DONTWAIT,
-    MSG_LEN,
-    MSG_LEN_AT,
     NAME_LEN,
     SOL_SOCKET,
     Admission,
@@ -188,8 +186,8 @@ class NtpService(UdpService):
             if count < 0 and ctypes.get_errno() not in (errno.EAGAIN, errno.EINTR):
                 self.errors += 1
             return
-        headers, aux, data, aux_of = batch.headers, batch.aux, batch.data, batch.aux_of
-        length_of = MSG_LEN.unpack_from
+        headers, aux, data = batch.headers, batch.aux, batch.data
+        sizes_of, slots_of = batch.readers(count)
         addresses = self._addresses
         respond = self.responder.respond
         time_ns = time.time_ns
@@ -202,14 +200,18 @@ class NtpService(UdpService):
         stamped: list[tuple[int, int]] = []
         replies = 0
         try:
-            for i in range(count):
-                _, level, kind, seconds, nanoseconds, name = aux_of(aux, i * AUX)
+            slots = iter(slots_of(aux))  # six values per datagram, read in step below
+            for at, size, _, level, kind, seconds, nanoseconds, name in zip(
+                range(0, count * MAX_REQUEST, MAX_REQUEST),
+                sizes_of(headers),
+                *(slots,) * 6,
+                strict=False,
+            ):
                 if kind == SO_TIMESTAMPNS and level == SOL_SOCKET:
                     received = seconds * 1_000_000_000 + nanoseconds
                 else:
                     received = time_ns()
-                at = i * MAX_REQUEST
-                request = bytes(data[at : at + length_of(headers, i * HDR + MSG_LEN_AT)[0]])
+                request = bytes(data[at : at + size])
                 if admission is not None:
                     address = addresses.get(name)
                     if address is None:

@@ -30,7 +30,6 @@ import errno
 import logging
 import math
 import socket
-import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,14 +41,11 @@ from ..proto.nts.ntp_server import TimeSource
 from ..proto.roughtime.server import DropReason, Request, RoughtimeServer
 from .udp import (
     AUX,
-    CONTROL_LEN,
     HDR,
     IOV_LEN,
     IOVEC,
     MAX_REQUEST,
     MSG_DONTWAIT,
-    MSG_LEN,
-    MSG_LEN_AT,
     NAME_LEN,
     Admission,
     Batch,
@@ -175,9 +171,6 @@ class RoughtimeService(UdpService):
         self._pending: list[Request] = []  # parsed requests waiting for their batch
         self._destinations: list[Any] = []  # raw sockaddr (batched) or address (fallback)
         self._timer: asyncio.TimerHandle | None = None
-        # Per receive of ``count`` datagrams, their sizes and source addresses each read by one
-        # unpack_from over the whole mmsghdr and aux arrays (made once per count).
-        self._layouts: dict[int, tuple[Any, Any]] = {}
 
     @property
     def pending(self) -> int:
@@ -210,12 +203,10 @@ class RoughtimeService(UdpService):
             return
         self.received += count
         headers, aux, data = batch.headers, batch.aux, batch.data
-        readers = self._layouts.get(count)
-        if readers is None:
-            readers = self._layouts[count] = self._readers(batch, count)
+        sizes_of, names_of = batch.readers(count, stamps=False)  # no receive time needed
         try:
-            sizes = readers[0](headers)
-            names = readers[1](aux)
+            sizes = sizes_of(headers)
+            names = names_of(aux)
         finally:
             headers[: count * HDR] = batch.headers_template[: count * HDR]
             aux[: count * AUX] = batch.aux_template[: count * AUX]
@@ -245,17 +236,6 @@ class RoughtimeService(UdpService):
             pending.append(parsed)  # type: ignore[arg-type]
             destinations.append(name)
         self._schedule()
-
-    @staticmethod
-    def _readers(batch: Batch, count: int) -> tuple[Any, Any]:
-        """unpack_from functions reading the sizes of ``count`` datagrams from the mmsghdr
-        array and their source addresses from the aux array."""
-        size_at = f"{MSG_LEN_AT}x{MSG_LEN.format[-1]}{HDR - MSG_LEN_AT - MSG_LEN.size}x"
-        name_at = f"{CONTROL_LEN}x{batch.name_len}s{AUX - CONTROL_LEN - batch.name_len}x"
-        return (
-            struct.Struct("@" + size_at * count).unpack_from,
-            struct.Struct("@" + name_at * count).unpack_from,
-        )
 
     def _address(self, name: bytes) -> Any:
         address = self._addresses.get(name)

@@ -224,7 +224,7 @@ class Batch:
         self._data, self.data, data = _buffer(size * MAX_REQUEST)
         receive = _Messages(size, data, MAX_REQUEST, aux + CONTROL_LEN, AUX, NAME_LEN, aux)
         self._receive, self.headers, self.address = receive, receive.headers, receive.address
-        self.aux_of = struct.Struct(f"{TIMESTAMP_MESSAGE}{name_len}s").unpack_from
+        self._readers: dict[tuple[int, bool], tuple[Callable[[Any], tuple[Any, ...]], ...]] = {}
         self._send_names, self.send_names, names = _buffer(size * NAME_LEN)
         self._send_data, self.send_data, send_data = _buffer(size * MAX_REQUEST)
         send = _Messages(size, send_data, 0, names, NAME_LEN, name_len)
@@ -236,6 +236,25 @@ class Batch:
         # datagram without a timestamp leaves cmsg_type 0 in its slot.
         self.headers_template = bytes(self.headers)
         self.aux_template = bytes(self.aux)
+
+    def readers(
+        self, count: int, stamps: bool = True
+    ) -> tuple[Callable[[Any], tuple[Any, ...]], ...]:
+        """For a receive of ``count`` datagrams, two ``unpack_from`` functions reading all
+        of them at once: their sizes from ``headers`` (``count`` values) and their aux slots
+        from ``aux``: cmsg_len, cmsg_level, cmsg_type, seconds, nanoseconds and the source
+        address (six values each), or with ``stamps`` false the source address alone.
+        One call per receive rather than two per datagram."""
+        readers = self._readers.get((count, stamps))
+        if readers is None:
+            size = f"{MSG_LEN_AT}x{MSG_LEN.format[-1]}{HDR - MSG_LEN_AT - MSG_LEN.size}x"
+            control = TIMESTAMP_MESSAGE[1:] if stamps else f"{CONTROL_LEN}x"
+            slot = f"{control}{self.name_len}s{AUX - CONTROL_LEN - self.name_len}x"
+            readers = self._readers[count, stamps] = (
+                struct.Struct("@" + size * count).unpack_from,
+                struct.Struct("@" + slot * count).unpack_from,
+            )
+        return readers
 
 
 def decode_address(family: int, name: bytes) -> Any:
