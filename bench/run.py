@@ -343,6 +343,9 @@ class Bench:
                     "busy_poll": args.busy_poll,
                     **request_set.spec(),
                 }
+                if args.rate_per_worker and not scenario.roughtime:
+                    # Open loop at the same load per NTP process, whatever their number.
+                    spec["rate"] = args.rate_per_worker * server.ntp_processes / procs
             specs.append(spec)
         self.window_no += 1
         gens = [
@@ -1284,6 +1287,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gnomon serve --workers W: NTP worker processes (default: gnomon's own); "
         "W1,W2,...: one gnomon per count, interleaved in one run (the CPU per reply "
         "against the number of workers), the first as 'gnomon'",
+    )
+    parser.add_argument(
+        "--rate-per-worker",
+        type=float,
+        help="UDP scenarios in open loop at this many requests/s per NTP process (for the "
+        "--workers curve: each worker sees the same load, so CPU per reply compares "
+        "workers without saturating the machine; default: closed loop)",
     )
     parser.add_argument(
         "--ke-workers",
