@@ -98,7 +98,8 @@ class RoughtimeRole:
         port = config.roughtime_port
         sockets = []
         for host in config.roughtime_addresses:
-            sock = open_udp_socket(host, port, reuse_port=reuse_port)
+            # No receive timestamps: MIDP is read when the batch is signed, to the second.
+            sock = open_udp_socket(host, port, reuse_port=reuse_port, timestamps=False)
             sockets.append(sock)
             port = sock.getsockname()[1]  # port 0: the others share the first's
             if reuse_port and self.limiter is not None:

@@ -40,14 +40,19 @@ SOL_SOCKET = socket.SOL_SOCKET
 __all__ = ["SO_TIMESTAMPNS"]
 
 
-def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def open_udp_socket(
+    host: str, port: int, *, reuse_port: bool = False, timestamps: bool = True
+) -> socket.socket:
+    """A bound, non-blocking UDP socket; with ``timestamps`` each datagram comes with its
+    kernel receive time (``SO_TIMESTAMPNS``), which NTP needs and Roughtime does not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    if timestamps:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
