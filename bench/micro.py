@@ -25,10 +25,7 @@ import importlib.util
 import inspect
 import os
 import pstats
-import re
-import subprocess
 import sys
-import tempfile
 import time
 import timeit
 from collections.abc import Callable
@@ -37,6 +34,8 @@ from types import ModuleType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from callgrind import instructions_per_step
 
 from gnomon.client.ntp import fresh_request
 from gnomon.proto.nts.aead import AES_128_GCM_SIV, AES_SIV_CMAC_256, ALGORITHMS
@@ -329,26 +328,15 @@ def drain_loops(tree: Tree, scenario: str, sessions: int, count: int, loops: int
 
 
 def instructions(scenario: str, baseline: Path | None, count: int, low: int, high: int) -> float:
-    """Instructions per respond: (Ir at ``high`` loops - Ir at ``low``) / the responds between,
-    so imports and set-up cancel out. Counts do not depend on the machine's load."""
-    counts = []
-    for loops in (low, high):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "callgrind.out"
-            command = [sys.executable, __file__, "--ir-run", scenario, str(loops)]
-            command += ["--requests", str(count)]
-            if baseline is not None:
-                command += ["--baseline", str(baseline)]
-            subprocess.run(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *command],
-                check=True,
-                capture_output=True,
-                env={**os.environ, "PYTHONHASHSEED": "0"},  # both runs import alike
-            )
-            summary = re.search(r"^summary: (\d+)", out.read_text(), re.M)
-            assert summary is not None
-            counts.append(int(summary.group(1)))
-    return (counts[1] - counts[0]) / ((high - low) * count)
+    """Instructions per reply of ``scenario`` (``respond:NAME`` or ``drain:NAME``), from
+    runs of ``low`` and ``high`` passes over ``count`` requests under valgrind."""
+
+    def command(loops: int) -> list[str]:
+        argv = [sys.executable, __file__, "--ir-run", scenario, str(loops)]
+        argv += ["--requests", str(count)]
+        return argv + (["--baseline", str(baseline)] if baseline is not None else [])
+
+    return instructions_per_step(command, low, high, count)
 
 
 def compare_instructions(baseline: Path, count: int) -> None:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from callgrind import instructions_per_step
 
 PARTS = ("parse", "respond", "drain")
 
@@ -104,35 +104,12 @@ def run(part: str, batches: int, batch: int) -> float:
 
 def callgrind(part: str, low: int, high: int, batch: int, src: Path) -> float:
     """Instructions per response of ``part``: (Ir at ``high`` - Ir at ``low``) / responses."""
-    counts = []
-    for batches in (low, high):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "callgrind.out"
-            subprocess.run(
-                [
-                    "valgrind",
-                    "--tool=callgrind",
-                    f"--callgrind-out-file={out}",
-                    sys.executable,
-                    __file__,
-                    "--src",
-                    str(src),
-                    "--only",
-                    part,
-                    "--batches",
-                    str(batches),
-                    "--batch",
-                    str(batch),
-                    "--repeat",
-                    "1",
-                ],
-                check=True,
-                capture_output=True,
-            )
-            summary = re.search(r"^summary: (\d+)", out.read_text(), re.M)
-            assert summary is not None
-            counts.append(int(summary.group(1)))
-    return (counts[1] - counts[0]) / ((high - low) * batch)
+
+    def command(batches: int) -> list[str]:
+        argv = [sys.executable, __file__, "--src", str(src), "--only", part]
+        return [*argv, "--batches", str(batches), "--batch", str(batch), "--repeat", "1"]
+
+    return instructions_per_step(command, low, high, batch)
 
 
 def main() -> None:

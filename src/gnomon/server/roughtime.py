@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._os import TIMESTAMP_ANCILLARY_SPACE
 from ..proto.nts.ntp import LEAP_UNSYNCHRONIZED, short_to_seconds
 from ..proto.nts.ntp_server import TimeSource
 from ..proto.roughtime.server import DropReason, Request, RoughtimeServer
@@ -252,7 +251,7 @@ class RoughtimeService(UdpService):
         core = self.core
         for _ in range(self.max_batch - len(self._pending)):
             try:
-                data, _, _, address = recvmsg(MAX_REQUEST, TIMESTAMP_ANCILLARY_SPACE)
+                data, _, _, address = recvmsg(MAX_REQUEST)  # no timestamps asked
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:

@@ -25,9 +25,9 @@ from .fields import (
     EF_NTS_COOKIE,
     EF_NTS_COOKIE_PLACEHOLDER,
     EF_UNIQUE_IDENTIFIER,
-    encode_authenticator,
+    authenticator_appender,
+    authenticator_opener,
     locate_nts_fields,
-    open_authenticator,
     parse_encrypted_fields,
 )
 from .limits import MAX_COOKIE_LEN, MAX_COOKIES, MIN_COOKIE_LEN
@@ -194,8 +194,8 @@ class Association:
         self.aead_id = aead_id
         self.c2s = c2s
         self.s2c = s2c
-        self._c2s = Aead(aead_id, c2s)
-        self._s2c = Aead(aead_id, s2c)
+        self._append_authenticator = authenticator_appender(Aead(aead_id, c2s))
+        self._open_authenticator = authenticator_opener(Aead(aead_id, s2c))
         self._cookies: deque[bytes] = deque(maxlen=MAX_COOKIES)
         self._cookies.extend(cookies)
 
@@ -234,7 +234,7 @@ class Association:
                 ),
             ]
         )
-        packet = unauthenticated + encode_authenticator(self._c2s, nonce, unauthenticated)
+        packet = self._append_authenticator(nonce, b"", unauthenticated)
         return packet, PendingRequest(unique_id, transmit_ts, placeholders)
 
     def process_response(
@@ -262,8 +262,8 @@ class Association:
             if header.kiss_code == NTS_NAK:
                 raise NtsNakError("server sent an NTS NAK: it could not use the cookie")
             raise AuthenticationError("response carries no NTS authenticator")
-        plaintext = open_authenticator(
-            self._s2c, data, fields.authenticator_offset, fields.authenticator_end
+        plaintext = self._open_authenticator(
+            data, fields.authenticator_offset, fields.authenticator_end
         )
         new_cookies = [
             ef.body for ef in parse_encrypted_fields(plaintext) if ef.type == EF_NTS_COOKIE
