@@ -33,6 +33,8 @@ from gnomon.server.roughtime import RadiusPolicy, RoughtimeClock, RoughtimeServi
 from gnomon.server.roughtime_keys import make_online_keys, public_key_of
 from gnomon.server.udp import Admission, open_udp_socket
 
+from .udp_clients import Clients, assert_no_reply, send
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux loop")
 
 LONG_TERM = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -74,38 +76,12 @@ def signatures(core: RoughtimeServer) -> int:
     return key.signatures
 
 
-@pytest.fixture(params=["127.0.0.1", "::1"])
-def host(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def server_socket(host: str) -> Iterator[socket.socket]:
     sock = open_udp_socket(host, 0)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     yield sock
     sock.close()
-
-
-Clients = Callable[[int], list[socket.socket]]
-
-
-@pytest.fixture
-def clients(host: str) -> Iterator[Clients]:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    made: list[socket.socket] = []
-
-    def make(count: int) -> list[socket.socket]:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.bind((host, 0))
-            sock.settimeout(2)
-            made.append(sock)
-        return made[-count:]
-
-    yield make
-    for sock in made:
-        sock.close()
 
 
 MakeService = Callable[..., RoughtimeService]
@@ -134,17 +110,6 @@ def make_service(
 
 def request(versions: tuple[int, ...] = (VERSION_1,), **kwargs: Any) -> ClientRequest:
     return build_request(os.urandom(32), versions=versions, server_key=PUBLIC, **kwargs)
-
-
-def send(socks: list[socket.socket], packets: list[bytes], server: socket.socket) -> None:
-    for sock, packet in zip(socks, packets, strict=True):
-        sock.sendto(packet, server.getsockname())
-
-
-def assert_no_reply(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        sock.recv(4096)
 
 
 def drain_all(service: RoughtimeService, expected: int) -> None:

@@ -22,6 +22,8 @@ import pytest
 from gnomon.server import ntp, udp
 from gnomon.server.ntp import NtpService, open_ntp_socket
 
+from .udp_clients import Clients, assert_no_reply, send
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux loop")
 
 
@@ -45,50 +47,11 @@ class Echo:
         return b"re:" + data
 
 
-@pytest.fixture(params=["127.0.0.1", "::1"])
-def host(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def server(host: str) -> Iterator[socket.socket]:
     sock = open_ntp_socket(host, 0)
     yield sock
     sock.close()
-
-
-Clients = Callable[[int], list[socket.socket]]
-
-
-@pytest.fixture
-def clients(host: str) -> Iterator[Clients]:
-    """``clients(n)``: n bound client sockets on the server's address family, closed after."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    made: list[socket.socket] = []
-
-    def make(count: int) -> list[socket.socket]:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.bind((host, 0))
-            sock.settimeout(2)
-            made.append(sock)
-        return made[-count:]
-
-    yield make
-    for sock in made:
-        sock.close()
-
-
-def send(socks: list[socket.socket], payloads: list[bytes], server: socket.socket) -> None:
-    """Each client sends its payload to the server (loopback: queued when this returns)."""
-    for sock, payload in zip(socks, payloads, strict=True):
-        sock.sendto(payload, server.getsockname())
-
-
-def assert_no_reply(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        sock.recv(100)
 
 
 def service(responder: Echo, server: socket.socket) -> NtpService:
