@@ -805,8 +805,8 @@ def _fmt_per(value: float | None, ke: bool) -> str:
     return f"{value:.3f}" if ke else f"{value:.2f}"
 
 
-def _fmt_us(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.1f}"
+def _fmt_us(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
 
 
 def quality_table(bench: Bench) -> tuple[list[str], list[list[str]], list[str]]:
@@ -898,15 +898,16 @@ def chrony_client_rows(bench: Bench) -> tuple[list[str], list[list[str]]]:
                 continue
             got = window["probe"]
             off, dly = got["offset_us"], got["delay_us"]
+            digits = 2 if label == "chrony-xleave" else 1  # interleaved: tenths of a µs
             rows.append(
                 [
                     server.label,
                     label.removeprefix("chrony-"),
                     f"{got['samples']} ({got['interleaved']})",
-                    _fmt_us(off["median"]),
-                    f"{_fmt_us(off['p05'])}..{_fmt_us(off['p95'])}",
-                    _fmt_us(dly["median"]),
-                    f"{_fmt_us(dly['p05'])}..{_fmt_us(dly['p95'])}",
+                    _fmt_us(off["median"], digits),
+                    f"{_fmt_us(off['p05'], digits)}..{_fmt_us(off['p95'], digits)}",
+                    _fmt_us(dly["median"], digits),
+                    f"{_fmt_us(dly['p05'], digits)}..{_fmt_us(dly['p95'], digits)}",
                 ]
             )
     return header, rows
@@ -938,7 +939,7 @@ def chrony_client_sentences(bench: Bench, quality: dict[str, Any]) -> list[str]:
                 spread = mine["offset_us"]["p95"] - mine["offset_us"]["p05"]
                 theirs_spread = other["offset_us"]["p95"] - other["offset_us"]["p05"]
                 text += (
-                    f"; offset p5-p95 spread {spread:.1f} µs against {theirs_spread:.1f} µs "
+                    f"; offset p5-p95 spread {spread:.2f} µs against {theirs_spread:.2f} µs "
                     f"(target no wider: {'holds' if spread <= theirs_spread else 'misses'})"
                 )
             found.append(text + ".")

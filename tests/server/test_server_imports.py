@@ -104,3 +104,40 @@ def test_supervised_ntp_worker_maps_no_tls_library(tmp_path: Path, pki: DemoPki)
         assert "libssl" not in ntp_maps and "/_ssl." not in ntp_maps
     finally:
         server.stop()
+
+
+def _epoll_instances(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if "eventpoll" in str(fd.readlink()))
+
+
+def test_supervised_ntp_worker_waits_with_poll_not_epoll(tmp_path: Path, pki: DemoPki) -> None:
+    """An epoll instance registered on the NTP socket would be called back from inside
+    every send, between the transmit timestamp and the wire: the NTP worker holds none,
+    its NTS-KE sibling (many TLS connections) does."""
+    from .helpers import ServerProcess, toml_config
+
+    config = tmp_path / "gnomon.toml"
+    config.write_text(toml_config(pki))
+    server = ServerProcess(config, tmp_path / "ready.json")
+    try:
+        pids = {role: int(pid) for role, pid in server.info["pids"].items()}
+        assert _epoll_instances(pids["ke-0"]) >= 1
+        assert _epoll_instances(pids["ntp-0"]) == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("role", ["ntp", "roughtime"])
+def test_udp_workers_run_a_poll_event_loop(role: str) -> None:
+    import selectors
+
+    from gnomon.server.worker import event_loop_factory
+
+    factory = event_loop_factory(role)
+    assert factory is not None and event_loop_factory("ke") is None
+    loop = factory()
+    try:
+        assert isinstance(loop._selector, selectors.PollSelector)  # type: ignore[attr-defined]
+    finally:
+        loop.close()

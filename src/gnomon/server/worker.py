@@ -26,6 +26,8 @@ from .proctitle import set_process_title
 
 TYPE_CHECKING = False  # typing is not imported at run time
 if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
     from multiprocessing.connection import Connection
     from typing import Protocol
 
@@ -51,6 +53,27 @@ def keep_out_unused(config: ServerConfig, role: str) -> None:
     """
     if role != "ke" and config.key_store != "redis" and config.metrics_listen is None:
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]  # import ssl: ImportError
+
+
+def event_loop_factory(role: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a worker of ``role`` runs (None: asyncio's default, epoll).
+
+    NTP and Roughtime workers watch a few UDP sockets with ``poll(2)``. An epoll
+    instance stays registered on its sockets' wait queues while the worker runs, so
+    every datagram the worker sends calls epoll back twice from inside the kernel's
+    send path (write space, and for an interleaved reply the error-queue report of its
+    transmit timestamp), between the transmit timestamp and the wire: 0.6 µs more on
+    every interleaved exchange a chrony client measured over loopback, and the tail
+    of its delay twice as long (bench/README.md, "Interleaved mode"). ``poll`` waits
+    on the sockets only while the worker sleeps, as chrony's ``select`` does. The
+    NTS-KE worker keeps epoll: it holds many TLS connections at once.
+    """
+    import asyncio
+    import selectors
+
+    if role == "ke" or not hasattr(selectors, "PollSelector"):
+        return None
+    return lambda: asyncio.SelectorEventLoop(selectors.PollSelector())
 
 
 def serve(
@@ -85,7 +108,8 @@ def serve(
             reuse_port=True,
             certificate_feed=certificate_feed,
         )
-        asyncio.run(server.run())
+        with asyncio.Runner(loop_factory=event_loop_factory(role)) as runner:
+            runner.run(server.run())
     except (GnomonError, OSError) as exc:
         if ready.closed:
             raise
