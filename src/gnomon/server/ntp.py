@@ -12,12 +12,15 @@ timestamp (``SO_TIMESTAMPNS``), and its raw source address is copied as the
 reply's destination. One system call per batch each way instead of one per
 datagram costs 0.7-0.9 µs less per request on receive (``bench/micro.py
 --loop``) and about 10% of the CPU per reply under load on send
-(bench/README.md, "Profile"). A sealed reply waits for its ``sendmmsg`` at
-most ``_SEND_DELAY_NS`` (200 µs, reached only when the worker is saturated:
-at half load a batch holds one or two requests). That wait falls between the
-transmit timestamp and the wire, so the client sees it as extra delay, and
-its offset can be off by at most half of it; clients prefer low-delay
-samples anyway. Elsewhere, or if libc cannot be used, the service falls back
+(bench/README.md, "Profile"). A sealed reply waits for its ``sendmmsg`` while
+the replies after it are sealed, until the first of the batch is more than
+``_SEND_DELAY_NS`` old (20 µs: one or two NTS replies more, a few plain
+ones). That wait falls between the transmit timestamp and the wire, so a
+basic client sees it as delay and its offset is off by up to half of it: with
+200 µs a chrony client under half load measured a median offset of -25.1 µs
+(from chrony's own server -0.8), with 20 µs -6.2, for about 10% more CPU per
+NTS reply at saturation (bench/README.md, "Batched sends"). Interleaved clients
+measure the kernel's transmit time, after the wait. Elsewhere, or if libc cannot be used, the service falls back
 to ``recvmsg`` and ``sendto``, each reply sent as soon as it is sealed. The
 machinery it shares with the Roughtime service (sockets, buffers, batched
 sends, admission) is in ``udp.py``; the per-datagram loop stays here.
@@ -72,8 +75,8 @@ from .udp import (
 __all__ = ["Admission", "NtpService", "open_ntp_socket", "steer_by_source"]
 
 log = logging.getLogger("gnomon.ntp")
-# Replies wait for one sendmmsg at most this long after the first of them was sealed.
-_SEND_DELAY_NS = 200_000
+# Replies are sent once the first of them was sealed this long ago (basic clients see it).
+_SEND_DELAY_NS = 20_000
 open_ntp_socket = open_udp_socket
 
 SO_TIMESTAMPING = 37  # Linux; SCM_TIMESTAMPING has the same value
