@@ -1374,7 +1374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quality-duration",
         type=float,
-        help="seconds per time-quality window (default: --duration)",
+        help="seconds per time-quality window (default: --duration, at least 15 without --quick)",
     )
     parser.add_argument(
         "--quality-interval",
@@ -1394,8 +1394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 3
     if not 0.1 <= args.duration <= 120 or not 0 <= args.warmup <= 30:
         parser.error("--duration must be within 0.1..120 s and --warmup within 0..30 s")
-    if args.quality_duration is None:
-        args.quality_duration = args.duration
+    if args.quality_duration is None:  # percentiles of a few hundred samples move by run
+        args.quality_duration = args.duration if args.quick else max(args.duration, 15.0)
     if not 0.1 <= args.quality_duration <= 120 or not 0.001 <= args.quality_interval <= 1:
         parser.error("--quality-duration must be within 0.1..120 s, --quality-interval 1 ms..1 s")
     if args.quality_rate is not None and not 0 < args.quality_rate <= 10_000_000:
