@@ -20,10 +20,11 @@ basic client sees it as delay and its offset is off by up to half of it: with
 200 µs a chrony client under half load measured a median offset of -25.1 µs
 (from chrony's own server -0.8), with 20 µs -6.2, for about 10% more CPU per
 NTS reply at saturation (bench/README.md, "Batched sends"). Interleaved clients
-measure the kernel's transmit time, after the wait. Elsewhere, or if libc cannot be used, the service falls back
-to ``recvmsg`` and ``sendto``, each reply sent as soon as it is sealed. The
-machinery it shares with the Roughtime service (sockets, buffers, batched
-sends, admission) is in ``udp.py``; the per-datagram loop stays here.
+measure the kernel's transmit time, after the wait. Elsewhere, or if libc
+cannot be used, the service falls back to ``recvmsg`` and ``sendto``, each
+reply sent as soon as it is sealed. The machinery it shares with the
+Roughtime service (sockets, buffers, batched sends, admission) is in
+``udp.py``; the per-datagram loop stays here.
 
 Interleaved mode (draft-ietf-ntp-interleaved-modes, chrony's ``xleave``): the
 responder decides which replies are interleaved and keeps their transmit
