@@ -485,3 +485,30 @@ def test_bad_clock_options_are_config_errors(tmp_path: Path, table: str) -> None
     config.write_text(f"sources = ['nts://a.example']\n[clock]\n{table}\n")
     with pytest.raises(ConfigError):
         Clock(config)
+
+
+@pytest.mark.parametrize("pause_first", [True, False])
+def test_offset_is_not_moved_by_a_pause_between_clock_readings(pause_first: bool) -> None:
+    """A thread switch between reading the monotonic and the system clock must not count
+    as offset (``gnomon sync`` would slew it): the system clock here stalls 5 ms once,
+    before or after the reading it returns, right when the offset is read."""
+    mono = FakeMonotonic()
+    armed = False
+
+    def system_clock() -> int:
+        nonlocal armed
+        if armed and pause_first:
+            mono.advance(0.005)
+        value = true_now(mono)
+        if armed and not pause_first:
+            mono.advance(0.005)
+        armed = False
+        return value
+
+    sources = [FakeSource(f"s{i}", mono) for i in range(3)]
+    clock = Clock(sources, monotonic=mono, system_clock=system_clock)  # type: ignore[arg-type]
+    clock.refresh()
+    armed = True
+    assert abs(clock.offset()) < 1e-6
+    armed = True
+    assert abs(clock.status().offset or 0.0) < 1e-6

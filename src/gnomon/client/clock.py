@@ -327,11 +327,12 @@ class Clock:
         """Like :func:`time.time`, but trusted: Unix seconds."""
         return self.now().unix
 
-    def _read(self) -> TrustedTime:
+    def _read(self, monotonic: int | None = None) -> TrustedTime:
         agreement = self._agreement
         if agreement is None:
             raise NoMajorityError("the sources have never agreed")
-        monotonic = self._monotonic()
+        if monotonic is None:
+            monotonic = self._monotonic()
         elapsed = max(0, monotonic - agreement.monotonic_ns)
         error = agreement.half_width_ns + int(elapsed * self.tolerance_ppm / 1e6)
         return TrustedTime(monotonic + agreement.center_ns, error, elapsed / 1e9)
@@ -513,13 +514,33 @@ class Clock:
     def _current(self) -> tuple[float | None, float | None, float | None]:
         if self._agreement is None:
             return None, None, None
-        reading = self._read()
-        offset = (reading.unix_ns - self._system_clock()) / 1e9
-        return reading.since_agreement, reading.error, offset
+        return self._offset_now()
 
     def offset(self) -> float:
         """True time minus the system clock, seconds (refreshing as :meth:`now` does)."""
-        return (self.now().unix_ns - self._system_clock()) / 1e9
+        self.now()
+        return self._offset_now()[2]
+
+    def _offset_now(self) -> tuple[float, float, float]:
+        """Seconds since the agreement, its error, and true time minus the system clock."""
+        monotonic, system = self._clock_pair()
+        reading = self._read(monotonic)
+        return reading.since_agreement, reading.error, (reading.unix_ns - system) / 1e9
+
+    def _clock_pair(self, tries: int = 3) -> tuple[int, int]:
+        """The monotonic clock and the system clock at one moment: a monotonic reading
+        between two system readings, the tightest bracket of ``tries``, the system time
+        its middle. Read one after the other, a thread switch (or a descheduled process)
+        between the two would count in the offset, milliseconds that a slew then applies."""
+        best: tuple[int, int, int] | None = None
+        for _ in range(tries):
+            before = self._system_clock()
+            monotonic = self._monotonic()
+            after = self._system_clock()
+            if best is None or after - before < best[0]:
+                best = (after - before, monotonic, (before + after) // 2)
+        assert best is not None
+        return best[1], best[2]
 
     def _make_status(
         self,
