@@ -898,7 +898,7 @@ def chrony_client_rows(bench: Bench) -> tuple[list[str], list[list[str]]]:
                 continue
             got = window["probe"]
             off, dly = got["offset_us"], got["delay_us"]
-            digits = 2 if label == "chrony-xleave" else 1  # interleaved figures: tenths of µs
+            digits = 2 if label == "chrony-xleave" else 1  # interleaved: a few tenths of a µs
             rows.append(
                 [
                     server.label,

@@ -532,15 +532,14 @@ class Clock:
         between two system readings, the tightest bracket of ``tries``, the system time
         its middle. Read one after the other, a thread switch (or a descheduled process)
         between the two would count in the offset, milliseconds that a slew then applies."""
-        best: tuple[int, int, int] | None = None
+        readings = []
         for _ in range(tries):
             before = self._system_clock()
             monotonic = self._monotonic()
             after = self._system_clock()
-            if best is None or after - before < best[0]:
-                best = (after - before, monotonic, (before + after) // 2)
-        assert best is not None
-        return best[1], best[2]
+            readings.append((after - before, monotonic, (before + after) // 2))
+        _, monotonic, system = min(readings)
+        return monotonic, system
 
     def _make_status(
         self,
